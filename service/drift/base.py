@@ -1,0 +1,209 @@
+"""The one protocol every drift method follows.
+
+A *column sample* holds one side of a comparison (the reference, or a window) in the form
+methods need: finite numerical values, or category labels with counts. Anything derived
+from a sample (sorted values, unique counts, moments) is computed once and cached on it,
+so the reference side of every method is paid for once per reference profile, not once
+per window.
+
+A *method* is a named scoring function plus Evidently's metadata for it: which column
+kinds it accepts, its default threshold, and how a score compares with the threshold.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+class ColumnKind(str, enum.Enum):
+    NUMERICAL = "numerical"
+    CATEGORICAL = "categorical"
+
+
+class Verdict(str, enum.Enum):
+    """How a method's score is compared with its threshold (each as Evidently does)."""
+
+    P_VALUE_LE = "p_le"  # drift when p <= threshold
+    P_VALUE_LT = "p_lt"  # drift when p < threshold
+    DISTANCE_GE = "d_ge"  # drift when distance >= threshold
+    DISTANCE_GT = "d_gt"  # drift when distance > threshold
+
+    def drifted(self, score: float, threshold: float) -> bool:
+        if self is Verdict.P_VALUE_LE:
+            return bool(score <= threshold)
+        if self is Verdict.P_VALUE_LT:
+            return bool(score < threshold)
+        if self is Verdict.DISTANCE_GE:
+            return bool(score >= threshold)
+        return bool(score > threshold)
+
+
+class ColumnSample:
+    """The finite values of one column on one side of a comparison.
+
+    Numerical samples hold float64 values (order irrelevant); categorical samples hold
+    labels (strings) with their counts. NaN, missing and infinite values are never part
+    of a sample: Evidently drops them before testing, and driftline counts them apart as
+    missing.
+    """
+
+    __slots__ = ("__dict__", "kind")
+
+    def __init__(self, kind: ColumnKind, values: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, counts: np.ndarray | None = None) -> None:
+        self.kind = kind
+        if kind is ColumnKind.NUMERICAL:
+            if values is None:
+                raise ValueError("a numerical sample needs values")
+            arr = np.asarray(values, dtype=np.float64)
+            if arr.ndim != 1:
+                raise ValueError("values must be one-dimensional")
+            self.__dict__["values"] = arr
+        else:
+            if labels is None or counts is None:
+                raise ValueError("a categorical sample needs labels and counts")
+            lab = np.asarray(labels, dtype=object)
+            cnt = np.asarray(counts, dtype=np.int64)
+            if lab.shape != cnt.shape:
+                raise ValueError("labels and counts differ in length")
+            keep = cnt > 0
+            self.__dict__["labels"] = lab[keep]
+            self.__dict__["counts"] = cnt[keep]
+
+    @classmethod
+    def numerical(cls, values: np.ndarray | list[float]) -> ColumnSample:
+        arr = np.asarray(values, dtype=np.float64)
+        return cls(ColumnKind.NUMERICAL, values=arr[np.isfinite(arr)])
+
+    @classmethod
+    def categorical(cls, counts: dict[str, int]) -> ColumnSample:
+        labels = np.array(list(counts.keys()), dtype=object)
+        return cls(ColumnKind.CATEGORICAL, labels=labels,
+                   counts=np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
+
+    @classmethod
+    def from_sorted(cls, sorted_values: np.ndarray) -> ColumnSample:
+        """A numerical sample whose values are known to be sorted (a reference profile)."""
+        sample = cls(ColumnKind.NUMERICAL, values=sorted_values)
+        sample.__dict__["sorted"] = sample.__dict__["values"]
+        return sample
+
+    # -- shape ---------------------------------------------------------------------
+    @cached_property
+    def n(self) -> int:
+        if self.kind is ColumnKind.NUMERICAL:
+            return int(self.values.shape[0])
+        return int(self.counts.sum())
+
+    @property
+    def values(self) -> np.ndarray:
+        try:
+            return self.__dict__["values"]  # type: ignore[no-any-return]
+        except KeyError:
+            raise TypeError("a categorical sample has no numerical values") from None
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self.kind is ColumnKind.NUMERICAL:
+            return self.uniques
+        return self.__dict__["labels"]  # type: ignore[no-any-return]
+
+    @property
+    def counts(self) -> np.ndarray:
+        if self.kind is ColumnKind.NUMERICAL:
+            return self.unique_counts
+        return self.__dict__["counts"]  # type: ignore[no-any-return]
+
+    # -- cached derivations ------------------------------------------------------------
+    @cached_property
+    def sorted(self) -> np.ndarray:
+        return np.sort(self.values, kind="stable")
+
+    @cached_property
+    def _unique_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.sorted
+        if s.size == 0:
+            return s, np.zeros(0, dtype=np.int64)
+        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+        counts = np.diff(np.append(starts, s.size))
+        return s[starts], counts.astype(np.int64)
+
+    @property
+    def uniques(self) -> np.ndarray:
+        return self._unique_and_counts[0]
+
+    @property
+    def unique_counts(self) -> np.ndarray:
+        return self._unique_and_counts[1]
+
+    @cached_property
+    def nunique(self) -> int:
+        return int(self.labels.shape[0])
+
+    @cached_property
+    def count_map(self) -> dict[object, int]:
+        """Label → count (numerical samples: value → count)."""
+        return dict(zip(self.labels.tolist(), self.counts.tolist(), strict=True))
+
+    @cached_property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @cached_property
+    def std(self) -> float:
+        """Population standard deviation (ddof=0), as numpy and Evidently compute it."""
+        return float(np.std(self.values))
+
+    def cache(self) -> dict[str, object]:
+        """Per-method cache for reference-side work that only one method needs."""
+        return self.__dict__.setdefault("_method_cache", {})  # type: ignore[no-any-return]
+
+
+def combined_nunique(ref: ColumnSample, cur: ColumnSample) -> int:
+    """Distinct values over both samples, as Evidently's `pd.concat([...]).nunique()`."""
+    if ref.kind is ColumnKind.NUMERICAL and cur.kind is ColumnKind.NUMERICAL:
+        if cur.n == 0:
+            return ref.nunique
+        missing_from_ref = ~_isin_sorted(cur.uniques, ref.uniques)
+        return ref.nunique + int(np.count_nonzero(missing_from_ref))
+    ref_map = ref.count_map
+    return ref.nunique + sum(1 for label in cur.labels.tolist() if label not in ref_map)
+
+
+def _isin_sorted(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    if sorted_pool.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    idx = np.searchsorted(sorted_pool, values)
+    idx[idx == sorted_pool.size] = 0
+    return np.asarray(sorted_pool[idx] == values)
+
+
+ScoreFn = Callable[[ColumnSample, ColumnSample], float]
+
+
+@dataclass(frozen=True)
+class DriftMethod:
+    """A drift method under Evidently's name, with Evidently's default threshold."""
+
+    name: str
+    display_name: str
+    kinds: frozenset[ColumnKind]
+    default_threshold: float
+    verdict: Verdict
+    score_fn: ScoreFn
+
+    def score(self, reference: ColumnSample, current: ColumnSample) -> float:
+        # Degenerate inputs (a category unseen in the reference, a constant column) give
+        # inf or nan inside the textbook formulas, and that value is the answer.
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(self.score_fn(reference, current))
+
+    def accepts(self, kind: ColumnKind) -> bool:
+        return kind in self.kinds
