@@ -1,0 +1,155 @@
+"""The running service: monitors, their consumer threads, the scheduler and the HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from driftline.collectors.kafka import KafkaSource
+from prometheus_client import CollectorRegistry
+
+from .config import Secrets, Settings, decode_webhook_secret
+from .http import ApiServer
+from .metrics import DriftlineMetrics
+from .monitor import Monitor
+from .store import Store
+from .trigger import RetrainTrigger
+from .webhooks import Dispatcher, Endpoint
+
+log = logging.getLogger("driftline.service")
+
+
+class ConsumerLoop(threading.Thread):
+    """Polls one monitor's topic until stopped; commits what has been accounted for."""
+
+    def __init__(self, monitor: Monitor, secrets: Secrets) -> None:
+        super().__init__(name=f"consumer-{monitor.name}", daemon=True)
+        self.monitor, self._secrets = monitor, secrets
+        self._stop_event = threading.Event()
+        self.source: KafkaSource | None = None
+        monitor.source_ready = self.ready
+        monitor.source_lag = self.lag
+
+    def ready(self) -> bool:
+        return self.source is not None and self.source.connected()
+
+    def lag(self) -> dict[int, int]:
+        return self.source.lag() if self.source is not None else {}
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        prefix = f"monitors[{self.monitor.index}].kafka."
+
+        def secret(field: str) -> str | None:
+            value = self._secrets.get(prefix + field)
+            return value.get_secret_value() if value is not None else None
+
+        while not self._stop_event.is_set() and self.source is None:
+            try:
+                self.source = KafkaSource(self.monitor.settings.kafka, secret)
+            except Exception as exc:  # broker unreachable at startup: keep trying, stay up
+                log.warning("monitor %s: cannot reach Kafka yet (%s); retrying", self.monitor.name, exc)
+                self._stop_event.wait(2.0)
+        source = self.source
+        if source is None:
+            return
+        last_lag = 0.0
+        try:
+            while not self._stop_event.is_set():
+                records = source.poll(timeout_ms=500)
+                if records:
+                    self.monitor.consume_batch(records)
+                    source.mark_processed(records)
+                if time.monotonic() - last_lag > 1.0:
+                    source.refresh_lag()
+                    last_lag = time.monotonic()
+                source.maybe_commit()
+        except Exception:
+            log.exception("monitor %s: consumer loop failed", self.monitor.name)
+            raise
+        finally:
+            source.close()
+
+
+class Service:
+    def __init__(self, settings: Settings, secrets: Secrets, *, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.secrets, self._clock = settings, secrets, clock
+        self.registry = registry or CollectorRegistry(auto_describe=False)
+        self.metrics = DriftlineMetrics(self.registry)
+        self.store = Store(settings.service.state_path)
+        self.monitors: list[Monitor] = []
+        endpoints: dict[str, Endpoint] = {}
+        for i, ms in enumerate(settings.monitors):
+            trigger = None
+            if ms.retrain is not None:
+                trigger = RetrainTrigger(ms.name, ms.retrain, self.store, clock)
+                secret = secrets.get(f"monitors[{i}].retrain.secret_env")
+                assert secret is not None  # load_settings refuses configs without it
+                endpoints[ms.name] = Endpoint(decode_webhook_secret(secret.get_secret_value()),
+                                              ms.retrain.timeout, ms.retrain.initial_backoff, ms.retrain.max_backoff)
+            self.monitors.append(Monitor(ms, i, self.metrics, trigger, clock))
+        self.metrics.add_monitors(self.monitors, set(endpoints))
+        self.dispatcher = Dispatcher(
+            self.store, endpoints, lambda m, status: self.metrics.webhook_deliveries.labels(m, status).inc(), clock)
+        self.consumers = [ConsumerLoop(m, secrets) for m in self.monitors]
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._reference_mtimes: dict[str, float] = {}
+        token = secrets.get("service.api_token_env")
+        host, _, port = settings.service.listen.rpartition(":")
+        self.api = ApiServer((host.strip("[]"), int(port)), self, token.get_secret_value() if token else None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.api.server_address[:2]  # type: ignore[return-value]
+
+    def start(self) -> None:
+        for m in self.monitors:
+            self.scheduler.add_job(m.evaluate_due, "interval", seconds=m.settings.window.evaluation_interval,
+                                   id=f"evaluate-{m.name}", max_instances=1, coalesce=True)
+            if m.settings.reference.reload_interval:
+                self._reference_mtimes[m.name] = _mtime(m.settings.reference.path)
+                self.scheduler.add_job(self._reload_if_changed, "interval", args=[m],
+                                       seconds=m.settings.reference.reload_interval, id=f"reference-{m.name}",
+                                       max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.dispatcher.run_once, "interval", seconds=0.5, id="webhooks",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+        for c in self.consumers:
+            c.start()
+        self.api.start()
+        log.info("driftline serving on http://%s:%d (metrics at /metrics, status at /api/v1/monitors)",
+                 *self.address)
+
+    def _reload_if_changed(self, monitor: Monitor) -> None:
+        mtime = _mtime(monitor.settings.reference.path)
+        if mtime != self._reference_mtimes.get(monitor.name):
+            self._reference_mtimes[monitor.name] = mtime
+            monitor.reload_reference()
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        problems = {m.name: "partitions not assigned or broker unreachable" for m in self.monitors if not m.ready()}
+        return not problems, problems
+
+    def stop(self, timeout: float = 8.0) -> None:
+        deadline = time.monotonic() + timeout
+        for c in self.consumers:
+            c.stop()
+        for c in self.consumers:
+            c.join(max(0.1, deadline - time.monotonic()))
+        self.scheduler.shutdown(wait=False)
+        self.api.stop()
+        self.store.close()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,143 @@
+"""`driftline` command line: run, check, reference build."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+# Evidently (imported only for reports and by tests) phones home unless told not to.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_settings
+    from .monitor import MonitorSetupError, feature_kinds
+    from .reference import ReferenceError, load_profile
+
+    try:
+        settings, _ = load_settings(args.config)
+    except ConfigError as exc:
+        _print_problems(args.config, exc.problems)
+        return EXIT_ERROR
+    problems = []
+    for i, m in enumerate(settings.monitors):
+        try:
+            feature_kinds(m, load_profile(m.reference.path), i)
+        except ReferenceError as exc:
+            problems.append(f"monitors[{i}].reference.path: {exc}")
+        except MonitorSetupError as exc:
+            problems.append(str(exc))
+    if problems:
+        _print_problems(args.config, problems)
+        return EXIT_ERROR
+    print(f"{args.config}: OK ({len(settings.monitors)} monitor{'s' if len(settings.monitors) != 1 else ''})")
+    return EXIT_OK
+
+
+def _print_problems(config: str, problems: list[str]) -> None:
+    print(f"{config}: {len(problems)} error{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .app import Service
+    from .config import ConfigError, load_settings
+    from .monitor import MonitorSetupError
+
+    try:
+        settings, secrets = load_settings(args.config)
+    except ConfigError as exc:
+        _print_problems(args.config, exc.problems)
+        print("driftline: not starting", file=sys.stderr)
+        return EXIT_ERROR
+    logging.basicConfig(level=settings.service.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR if settings.service.log_level != "DEBUG" else logging.INFO)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        service = Service(settings, secrets)
+    except MonitorSetupError as exc:
+        _print_problems(args.config, [str(exc)])
+        print("driftline: not starting", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"driftline: cannot listen on {settings.service.listen}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("driftline").info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    stop.wait()
+    service.stop()
+    return EXIT_OK
+
+
+def _cmd_reference_build(args: argparse.Namespace) -> int:
+    from .drift import ColumnKind
+    from .reference import ReferenceError, build_profile, print_progress, save_profile
+
+    kinds = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
+    kinds.update({c: ColumnKind.CATEGORICAL for c in _split(args.categorical)})
+    try:
+        profile = build_profile(args.data, columns=_split(args.columns) or None, kinds=kinds,
+                                progress=None if args.quiet else print_progress)
+        save_profile(profile, args.out)
+    except ReferenceError as exc:
+        print(f"driftline reference build: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {args.out}: {len(profile.columns)} columns from {profile.meta['rows']:,} rows, "
+          f"{profile.content_hash}")
+    for name, col in profile.columns.items():
+        print(f"  {name:<24} {col.kind.value:<12} {col.sample.n:>10,} values  {col.missing:>8,} missing")
+    return EXIT_OK
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="driftline", description="Data drift monitoring for ML models in production.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the service")
+    run.add_argument("--config", required=True, help="YAML configuration file")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration and print every error with its location")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=_cmd_check)
+
+    ref = sub.add_parser("reference", help="reference profiles")
+    ref_sub = ref.add_subparsers(dest="reference_command", required=True)
+    build = ref_sub.add_parser("build", help="build a reference profile from training data (Parquet or CSV)")
+    build.add_argument("--data", required=True, type=Path, help="training data, .parquet or .csv")
+    build.add_argument("--out", required=True, type=Path, help="profile file to write (.dlref)")
+    build.add_argument("--columns", help="comma-separated columns to profile (default: all)")
+    build.add_argument("--numerical", help="columns to treat as numerical, overriding the inferred type")
+    build.add_argument("--categorical", help="columns to treat as categorical, overriding the inferred type")
+    build.add_argument("--quiet", action="store_true", help="no progress lines")
+    build.set_defaults(func=_cmd_reference_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

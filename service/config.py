@@ -1,0 +1,377 @@
+"""The service configuration: one YAML file, validated into one frozen object.
+
+Every error names the field it is about (``monitors[0].window.size: …``); secrets never
+live in the file, only the names of the environment variables that hold them.
+
+Example (the README's configuration reference documents every field)::
+
+    service:
+      listen: 127.0.0.1:9108
+      state_path: /var/lib/driftline/state.sqlite
+    monitors:
+      - name: credit-risk
+        kafka: {bootstrap_servers: [kafka:9092], topic: credit-risk-serving, group_id: driftline}
+        reference: {path: /profiles/credit-risk.dlref}
+        event:
+          features: {income: {path: features.income}, region: {path: features.region}}
+          event_time: {path: ts, format: epoch_seconds}
+        window: {type: time, size: 5m, min_events: 500}
+        retrain: {webhook_url: https://ml.example/retrain, secret_env: DRIFTLINE_WEBHOOK_SECRET}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .drift import METHODS, ColumnKind
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> float:
+    """'90s', '5m', '1h', '1d', '250ms' or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration)]
+PositiveSeconds = Annotated[float, BeforeValidator(_parse_duration), AfterValidator(_positive)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSettings(_Model):
+    """Process-wide settings."""
+
+    listen: str = Field("127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz and the API")
+    state_path: Path = Field(Path("driftline-state.sqlite"), description="SQLite store: webhook outbox, cooldowns")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    api_token_env: EnvName | None = Field(
+        None, description="environment variable with the bearer token for state-changing endpoints")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: list[str] = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    group_id: str = Field(min_length=1)
+    client_id: str = "driftline"
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username_env: EnvName | None = None
+    sasl_password_env: EnvName | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password_env: EnvName | None = None
+    ssl_check_hostname: bool = True
+    # Tansu (and some brokers) can stall a consumer-group join until the rebalance
+    # timeout; a modest poll interval bounds that (PRODUCT.md).
+    max_poll_interval: PositiveSeconds = 10.0
+    session_timeout: PositiveSeconds = 10.0
+    request_timeout: PositiveSeconds = 30.0
+    commit_interval: PositiveSeconds = 5.0
+    max_poll_records: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [f for f in ("sasl_mechanism", "sasl_username_env", "sasl_password_env")
+                       if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        return self
+
+
+class FieldSpec(_Model):
+    """Where a value lives in an event: a dotted path into the JSON object."""
+
+    path: str = Field(min_length=1, pattern=r"^[^.\s][^\s]*$")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
+
+
+class FeatureSpec(FieldSpec):
+    type: ColumnKind | None = Field(None, description="numerical or categorical; default: the reference's")
+    method: str | None = Field(None, description="Evidently method name; default: Evidently's choice")
+    threshold: float | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        if v is not None and v not in METHODS:
+            raise ValueError(f"unknown drift method {v!r}; available: {', '.join(sorted(METHODS))}")
+        return v
+
+
+class EventTimeSpec(FieldSpec):
+    format: Literal["epoch_seconds", "epoch_millis", "iso8601"] = "epoch_seconds"
+
+
+class PredictionSpec(FieldSpec):
+    column: str = Field("prediction", description="the prediction's column in the reference data")
+    type: ColumnKind | None = None
+    method: str | None = None
+    threshold: float | None = None
+
+
+class LatencySpec(FieldSpec):
+    unit: Literal["s", "ms", "us"] = "ms"
+
+
+class EventSchema(_Model):
+    """How to read one serving event (a JSON object) into features and context."""
+
+    features: dict[str, FeatureSpec] = Field(min_length=1)
+    event_time: EventTimeSpec | None = Field(
+        None, description="required for time windows; else the Kafka record timestamp is used")
+    prediction: PredictionSpec | None = None
+    latency: LatencySpec | None = None
+    model_version: FieldSpec | None = None
+    unknown_fields: Literal["reject", "ignore"] = Field(
+        "reject", description="an event field no path mentions makes the event invalid (reject) or not")
+    allowed_extra_fields: list[str] = Field(default_factory=list, description="dotted paths always accepted")
+    max_event_bytes: int = Field(1_048_576, ge=64)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_shorthand(cls, v: Any) -> Any:
+        # `features: [a, b]` means each feature at the top-level key of its name.
+        if isinstance(v, list):
+            return {name: {"path": name} for name in v}
+        if isinstance(v, dict):
+            return {k: ({"path": k} if spec is None else spec) for k, spec in v.items()}
+        return v
+
+
+class ReferenceSettings(_Model):
+    path: Path
+    reload_interval: Seconds | None = Field(
+        None, description="check the file for a new version this often (the API can also reload)")
+
+
+class WindowSettings(_Model):
+    type: Literal["time", "count"] = "time"
+    size: float = Field(description="a duration (time windows) or a number of events (count windows)")
+    allowed_lateness: Seconds = 5.0
+    min_events: int = Field(100, ge=1, description="fewer events: insufficient data, never alerts")
+    evaluation_interval: PositiveSeconds = Field(1.0, description="how often closed windows are looked for")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any, info: Any) -> float:
+        if info.data.get("type", "time") == "count":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError("a count window's size is a whole number of events (>= 1)")
+            return float(v)
+        return _positive(_parse_duration(v))
+
+
+class DriftSettings(_Model):
+    method: str | None = Field(None, description="method for every feature; default: Evidently's choice")
+    num_method: str | None = None
+    cat_method: str | None = None
+    threshold: float | None = None
+    drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift when this share of features drift")
+
+    @field_validator("method", "num_method", "cat_method")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        return FeatureSpec._known_method(v)
+
+
+class RetrainSettings(_Model):
+    webhook_url: str = Field(pattern=r"^https?://")
+    secret_env: EnvName = Field(description="environment variable holding the whsec_… signing secret")
+    consecutive_windows: int = Field(2, ge=1)
+    cooldown: Seconds = 3600.0
+    timeout: PositiveSeconds = 10.0
+    initial_backoff: PositiveSeconds = 1.0
+    max_backoff: PositiveSeconds = 300.0
+
+
+class MonitorSettings(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=128)
+    kafka: KafkaSettings
+    reference: ReferenceSettings
+    event: EventSchema
+    window: WindowSettings
+    drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings | None = None
+
+
+class Settings(_Model):
+    service: ServiceSettings = ServiceSettings()
+    monitors: list[MonitorSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for m in self.monitors:
+            if m.name in seen:
+                raise ValueError(f"monitor name {m.name!r} is used twice")
+            seen.add(m.name)
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; `problems` lists each as 'path: message'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "constrained-")) or part in {"str", "float", "int"}:
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> tuple[Settings, Secrets]:
+    """Read, validate and resolve a config file; raise ConfigError naming every bad field."""
+    env = os.environ if environ is None else environ
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping with a 'monitors' list at the top level"])
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(f"{_loc(err['loc'])}: {msg}")
+        raise ConfigError(problems) from None
+    secrets, problems = resolve_secrets(settings, env)
+    problems += _cross_field_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings, secrets
+
+
+def _cross_field_problems(settings: Settings) -> list[str]:
+    problems = []
+    for i, m in enumerate(settings.monitors):
+        if m.window.type == "time" and m.event.event_time is None:
+            problems.append(f"monitors[{i}].event.event_time: time windows need the event time's path")
+        for name in m.event.features:
+            if m.event.prediction is not None and name == "prediction":
+                problems.append(f"monitors[{i}].event.features.{name}: the name 'prediction' is reserved "
+                                "for event.prediction")
+    return problems
+
+
+class Secrets:
+    """Secret values read from the environment, keyed by the field path that named them."""
+
+    def __init__(self, values: dict[str, SecretStr]) -> None:
+        self._values = values
+
+    def get(self, field_path: str) -> SecretStr | None:
+        return self._values.get(field_path)
+
+    def __repr__(self) -> str:
+        return f"Secrets({sorted(self._values)})"
+
+
+def resolve_secrets(settings: Settings, env: Any) -> tuple[Secrets, list[str]]:
+    values: dict[str, SecretStr] = {}
+    problems: list[str] = []
+
+    def need(field_path: str, var: str | None) -> None:
+        if var is None:
+            return
+        val = env.get(var)
+        if val is None or val == "":
+            problems.append(f"{field_path}: environment variable {var} is not set")
+        else:
+            values[field_path] = SecretStr(val)
+
+    need("service.api_token_env", settings.service.api_token_env)
+    for i, m in enumerate(settings.monitors):
+        k = m.kafka
+        need(f"monitors[{i}].kafka.sasl_username_env", k.sasl_username_env)
+        need(f"monitors[{i}].kafka.sasl_password_env", k.sasl_password_env)
+        need(f"monitors[{i}].kafka.ssl_password_env", k.ssl_password_env)
+        if m.retrain is not None:
+            path = f"monitors[{i}].retrain.secret_env"
+            need(path, m.retrain.secret_env)
+            if path in values:
+                try:
+                    decode_webhook_secret(values[path].get_secret_value())
+                except ValueError as exc:
+                    problems.append(f"{path}: environment variable {m.retrain.secret_env}: {exc}")
+    return Secrets(values), problems
+
+
+def decode_webhook_secret(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: the base64 after 'whsec_'."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("a webhook secret is 'whsec_' followed by base64 (24 to 64 random bytes)")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after 'whsec_' is not valid base64") from None
+    if len(key) < 16:
+        raise ValueError("the key is shorter than 16 bytes")
+    return key

@@ -1,0 +1,166 @@
+"""The HTTP surface: /metrics, /healthz, /readyz and the status API.
+
+GET  /metrics                                   Prometheus exposition
+GET  /healthz                                   200 while the process runs
+GET  /readyz                                    200 when every monitor has its reference and partitions
+GET  /api/v1/monitors                           every monitor's latest window, scores, verdicts
+GET  /api/v1/monitors/{name}                    one monitor
+POST /api/v1/monitors/{name}/reference/reload   bearer token required (service.api_token_env)
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from prometheus_client.exposition import choose_encoder
+
+from .evaluation import FeatureDrift, WindowResult
+
+if TYPE_CHECKING:
+    from .app import Service
+    from .monitor import Monitor
+
+log = logging.getLogger("driftline.http")
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def feature_json(f: FeatureDrift) -> dict[str, Any]:
+    return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
+            "score": _num(f.score), "drifted": f.drifted, "values": f.values,
+            "missing_ratio": f.missing_ratio, "exact": f.exact}
+
+
+def result_json(r: WindowResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"status": r.status.value, "window_start": r.window_start, "window_end": r.window_end,
+            "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
+            "drift_share_threshold": r.drift_share_threshold,
+            "drifted_features": [f.feature for f in r.drifted_features],
+            "features": [feature_json(f) for f in r.features],
+            "prediction": feature_json(r.prediction) if r.prediction else None,
+            "model_versions": r.model_versions, "reference_hash": r.reference_hash,
+            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}
+
+
+def monitor_json(m: Monitor) -> dict[str, Any]:
+    return {"name": m.name, "ready": m.ready(), "topic": m.settings.kafka.topic,
+            "window": {"type": m.settings.window.type, "size": m.settings.window.size,
+                       "min_events": m.settings.window.min_events},
+            "reference": {"path": str(m.settings.reference.path), "content_hash": m.reference.content_hash},
+            "open_window_events": m.open_window_events(),
+            "consumer_lag": {str(p): lag for p, lag in m.consumer_lag().items()},
+            "latest_window": result_json(m.latest_result()),
+            "latest_evaluated_window": result_json(m.latest_evaluated())}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, code: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(code, json.dumps(obj, indent=2, allow_nan=False).encode() + b"\n", headers=headers)
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        service = self.server.service
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept"))
+            self._send(200, encoder(service.registry), content_type)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/readyz":
+            ok, problems = service.ready()
+            self._json(200 if ok else 503, {"ready": ok, "monitors": problems})
+        elif path == "/api/v1/monitors":
+            self._json(200, {"monitors": [monitor_json(m) for m in service.monitors]})
+        elif path.startswith("/api/v1/monitors/"):
+            m = self._monitor(path.split("/")[4])
+            if m is not None:
+                self._json(200, monitor_json(m))
+        elif path == "/":
+            self._json(200, {"service": "driftline", "endpoints": ["/metrics", "/healthz", "/readyz",
+                                                                   "/api/v1/monitors"]})
+        else:
+            self._json(404, {"error": "not found"})
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path).path.rstrip("/").split("/")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))
+        if len(parts) == 7 and parts[1:4] == ["api", "v1", "monitors"] and parts[5:] == ["reference", "reload"]:
+            if not self._authorized():
+                return
+            m = self._monitor(parts[4])
+            if m is None:
+                return
+            changed, detail = m.reload_reference()
+            ok = changed or detail == m.reference.content_hash
+            self._json(200 if ok else 422, {"reloaded": changed, "reference_hash": m.reference.content_hash,
+                                            **({} if ok else {"error": detail})})
+        else:
+            self._json(404, {"error": "not found"})
+
+    def _monitor(self, name: str) -> Monitor | None:
+        name = unquote(name)
+        for m in self.server.service.monitors:
+            if m.name == name:
+                return m
+        self._json(404, {"error": f"no monitor named {name!r}"})
+        return None
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            self._json(403, {"error": "state-changing endpoints are disabled; set service.api_token_env"})
+            return False
+        given = self.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+            self._json(401, {"error": "bearer token required"}, {"WWW-Authenticate": 'Bearer realm="driftline"'})
+            return False
+        return True
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: Service, token: str | None) -> None:
+        super().__init__(address, _Handler)
+        self.service, self.token = service, token
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

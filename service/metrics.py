@@ -1,0 +1,186 @@
+"""Prometheus metrics: names and labels are an API (PRODUCT.md), dashboards depend on them.
+
+Drift numbers, lag and window sizes are read from the monitors at scrape time by one
+collector; event counters are plain counters; histograms are observed a batch at a time
+(one numpy pass per poll instead of a lock per event) and exported at scrape time.
+Every series exists from startup for every configured monitor.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+from driftline.collectors.events import INVALID_REASONS
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .evaluation import FeatureDrift, WindowResult, WindowStatus
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
+EVALUATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+TRIGGER_OUTCOMES = ("requested", "suppressed_cooldown")
+DELIVERY_STATUSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection_error")
+
+
+class BatchHistogram:
+    """A histogram observed many values at a time; thread-safe; read at scrape time."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.upper = np.array([*buckets, math.inf], dtype=np.float64)
+        self._counts = np.zeros(self.upper.size, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.size == 0:
+            return
+        idx = np.searchsorted(self.upper, arr, side="left")  # le-buckets: value <= upper bound
+        counts = np.bincount(idx, minlength=self.upper.size)
+        total = float(arr.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [("+Inf" if math.isinf(u) else repr(float(u)), float(c))
+                   for u, c in zip(self.upper, cumulative, strict=True)]
+        return buckets, total
+
+
+class MonitorView(Protocol):
+    """What the metrics collector reads from a monitor at scrape time."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    serving_latency: BatchHistogram
+    event_lag: BatchHistogram
+    evaluation_duration: BatchHistogram
+
+    def latest_result(self) -> WindowResult | None: ...
+    def configured_method(self, feature: str) -> str: ...
+    def consumer_lag(self) -> dict[int, int]: ...
+    def open_window_events(self) -> int: ...
+    def reference_hash(self) -> str | None: ...
+    def ready(self) -> bool: ...
+
+
+class MonitorCollector(Collector):
+    """Yields the drift gauges and histograms of every monitor, computed at scrape time."""
+
+    def __init__(self, monitors: Iterable[MonitorView]) -> None:
+        self._monitors = list(monitors)
+
+    def describe(self) -> list[Metric]:
+        return []  # values are dynamic: skip the registration-time collect()
+
+    def collect(self) -> Iterator[Metric]:
+        g = {name: GaugeMetricFamily(f"driftline_{name}", doc, labels=labels) for name, doc, labels in _GAUGES}
+        hists = {name: HistogramMetricFamily(f"driftline_{name}", doc, labels=["monitor"])
+                 for name, doc in _HISTOGRAMS}
+        for m in self._monitors:
+            r = m.latest_result()
+            evaluated = r is not None and r.status is WindowStatus.EVALUATED
+            by_feature: dict[str, FeatureDrift] = {f.feature: f for f in r.features} if r else {}
+            for feat in m.feature_names:
+                f = by_feature.get(feat)
+                method = (f.method if f and f.method else m.configured_method(feat))
+                score = f.score if f and f.score is not None and evaluated else math.nan
+                g["feature_drift_score"].add_metric([m.name, feat, method], score)
+                g["feature_drift_detected"].add_metric([m.name, feat], float(bool(f and f.drifted)))
+                g["feature_missing_ratio"].add_metric([m.name, feat], f.missing_ratio if f else 0.0)
+            if r is not None and r.prediction is not None:
+                p = r.prediction
+                g["prediction_drift_score"].add_metric(
+                    [m.name, p.method or "none"], p.score if p.score is not None and evaluated else math.nan)
+                g["prediction_drift_detected"].add_metric([m.name], float(p.drifted))
+            g["dataset_drift_share"].add_metric([m.name], r.drift_share if evaluated and r else 0.0)
+            g["dataset_drift_detected"].add_metric([m.name], float(bool(r and r.dataset_drift)))
+            g["window_events"].add_metric([m.name], float(r.events) if r else 0.0)
+            g["window_insufficient_data"].add_metric([m.name], float(bool(r and not evaluated)))
+            g["open_window_events"].add_metric([m.name], float(m.open_window_events()))
+            g["last_evaluation_timestamp_seconds"].add_metric([m.name], r.evaluated_at if r else 0.0)
+            g["monitor_ready"].add_metric([m.name], float(m.ready()))
+            ref = m.reference_hash()
+            if ref:
+                g["reference_info"].add_metric([m.name, ref], 1.0)
+            lags = m.consumer_lag()
+            for partition, lag in sorted(lags.items()):
+                g["consumer_lag_messages"].add_metric([m.name, str(partition)], float(lag))
+            for name, hist in (("serving_latency_seconds", m.serving_latency),
+                               ("event_lag_seconds", m.event_lag),
+                               ("evaluation_duration_seconds", m.evaluation_duration)):
+                buckets, total = hist.snapshot()
+                hists[name].add_metric([m.name], buckets, total)
+        yield from g.values()
+        yield from hists.values()
+
+
+_GAUGES = (
+    ("feature_drift_score", "Drift score of a feature in the latest evaluated window (p-value or distance, "
+     "per the method)", ["monitor", "feature", "method"]),
+    ("feature_drift_detected", "1 if the feature drifted in the latest evaluated window", ["monitor", "feature"]),
+    ("feature_missing_ratio", "Share of the latest window's events without the feature", ["monitor", "feature"]),
+    ("prediction_drift_score", "Drift score of the model's prediction in the latest window", ["monitor", "method"]),
+    ("prediction_drift_detected", "1 if the prediction distribution drifted", ["monitor"]),
+    ("dataset_drift_share", "Share of features drifted in the latest evaluated window", ["monitor"]),
+    ("dataset_drift_detected", "1 if the share of drifted features reached the monitor's drift_share",
+     ["monitor"]),
+    ("window_events", "Events in the latest closed window", ["monitor"]),
+    ("window_insufficient_data", "1 if the latest closed window had fewer events than min_events", ["monitor"]),
+    ("open_window_events", "Events accounted for in windows not yet closed", ["monitor"]),
+    ("last_evaluation_timestamp_seconds", "Unix time of the latest window evaluation (0: none yet)",
+     ["monitor"]),
+    ("monitor_ready", "1 if the reference is loaded and partitions are assigned", ["monitor"]),
+    ("reference_info", "The reference profile in use, by content hash", ["monitor", "reference_hash"]),
+    ("consumer_lag_messages", "Messages between the consumer position and the end of the partition",
+     ["monitor", "partition"]),
+)
+_HISTOGRAMS = (
+    ("serving_latency_seconds", "Model serving latency reported by the events"),
+    ("event_lag_seconds", "Time from an event's timestamp to its consumption by driftline"),
+    ("evaluation_duration_seconds", "Time to evaluate one window against the reference"),
+)
+
+
+class DriftlineMetrics:
+    """The service's metrics, on an explicit registry (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_consumed = Counter("driftline_events_consumed", "Kafka records read, valid or not",
+                                       ["monitor"], registry=registry)
+        self.events_invalid = Counter("driftline_events_invalid", "Malformed events, by reason",
+                                      ["monitor", "reason"], registry=registry)
+        self.events_late = Counter("driftline_events_late", "Events whose window had already closed",
+                                   ["monitor"], registry=registry)
+        self.retrain_triggers = Counter("driftline_retrain_triggers", "Retraining decisions, by outcome",
+                                        ["monitor", "outcome"], registry=registry)
+        self.webhook_deliveries = Counter("driftline_webhook_deliveries", "Webhook delivery attempts, by result",
+                                          ["monitor", "status"], registry=registry)
+
+    def add_monitors(self, monitors: Sequence[MonitorView], with_retrain: set[str]) -> None:
+        for m in monitors:
+            self.events_consumed.labels(m.name)
+            self.events_late.labels(m.name)
+            for reason in INVALID_REASONS:
+                self.events_invalid.labels(m.name, reason)
+            if m.name in with_retrain:
+                for outcome in TRIGGER_OUTCOMES:
+                    self.retrain_triggers.labels(m.name, outcome)
+                for status in DELIVERY_STATUSES:
+                    self.webhook_deliveries.labels(m.name, status)
+        self.registry.register(MonitorCollector(monitors))

@@ -1,0 +1,194 @@
+"""A monitor: one model's stream, from Kafka records to drift results.
+
+The consumer thread runs `consume_batch` (decode, validate, add to windows, then mark
+the records accounted for so their offsets may be committed); the scheduler runs
+`evaluate_due` (close windows, score them against the reference, feed the trigger).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from driftline.collectors.events import EventDecoder, InvalidEvent
+from driftline.collectors.kafka import Record
+
+from .config import MonitorSettings
+from .drift import ColumnKind
+from .evaluation import WindowResult, WindowStatus, evaluate_window
+from .metrics import EVALUATION_BUCKETS, EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
+from .reference import ReferenceError, ReferenceProfile, load_profile
+from .trigger import RetrainTrigger
+from .window import TumblingWindows
+
+log = logging.getLogger("driftline.monitor")
+
+
+class MonitorSetupError(Exception):
+    pass
+
+
+def feature_kinds(settings: MonitorSettings, reference: ReferenceProfile, index: int) -> dict[str, ColumnKind]:
+    """Each feature's kind: the config's where given, else the reference's; they must agree."""
+    kinds = {}
+    for name, spec in settings.event.features.items():
+        if name not in reference.columns:
+            raise MonitorSetupError(
+                f"monitors[{index}].event.features.{name}: no column {name!r} in the reference profile "
+                f"{settings.reference.path} (it has {', '.join(sorted(reference.columns))})")
+        ref_kind = reference.columns[name].kind
+        if spec.type is not None and spec.type is not ref_kind:
+            raise MonitorSetupError(
+                f"monitors[{index}].event.features.{name}.type: {spec.type.value}, but the reference profile "
+                f"holds it as {ref_kind.value}; rebuild the reference with --{spec.type.value} {name}")
+        kinds[name] = ref_kind
+    pred = settings.event.prediction
+    if pred is not None and pred.column not in reference.columns:
+        raise MonitorSetupError(
+            f"monitors[{index}].event.prediction.column: no column {pred.column!r} in the reference profile")
+    return kinds
+
+
+class Monitor:
+    def __init__(self, settings: MonitorSettings, index: int, metrics: DriftlineMetrics,
+                 trigger: RetrainTrigger | None, clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.name, self.index = settings, settings.name, index
+        self._metrics, self._trigger, self._clock = metrics, trigger, clock
+        try:
+            self._reference = load_profile(settings.reference.path)
+        except ReferenceError as exc:
+            raise MonitorSetupError(f"monitors[{index}].reference.path: {exc}") from None
+        kinds = feature_kinds(settings, self._reference, index)
+        self.feature_names = tuple(settings.event.features)
+        pred = settings.event.prediction
+        self._prediction_kind = self._reference.columns[pred.column].kind if pred else None
+        self.decoder = EventDecoder(settings.event, kinds, self._prediction_kind)
+        self.windows = TumblingWindows(
+            kind=settings.window.type, size=settings.window.size, allowed_lateness=settings.window.allowed_lateness,
+            kinds=tuple(kinds[n] for n in self.feature_names), prediction_kind=self._prediction_kind, clock=clock)
+        self.serving_latency = BatchHistogram(LATENCY_BUCKETS)
+        self.event_lag = BatchHistogram(EVENT_LAG_BUCKETS)
+        self.evaluation_duration = BatchHistogram(EVALUATION_BUCKETS)
+        self._latest: WindowResult | None = None
+        self._latest_evaluated: WindowResult | None = None
+        self._lock = threading.Lock()
+        self._consumed = metrics.events_consumed.labels(self.name)
+        self._late = metrics.events_late.labels(self.name)
+        self._invalid: dict[str, Any] = {}  # reason -> labelled counter, filled on first use
+        self.source_ready: Callable[[], bool] = lambda: False
+        self.source_lag: Callable[[], dict[int, int]] = dict
+
+    # -- MonitorView (read at scrape time) ---------------------------------------------------
+    def latest_result(self) -> WindowResult | None:
+        with self._lock:
+            return self._latest
+
+    def latest_evaluated(self) -> WindowResult | None:
+        with self._lock:
+            return self._latest_evaluated
+
+    def configured_method(self, feature: str) -> str:
+        spec = self.settings.event.features[feature]
+        d = self.settings.drift
+        kind = self.decoder_kind(feature)
+        return spec.method or d.method or (d.num_method if kind is ColumnKind.NUMERICAL else d.cat_method) or "auto"
+
+    def decoder_kind(self, feature: str) -> ColumnKind:
+        return self._reference.columns[feature].kind
+
+    def consumer_lag(self) -> dict[int, int]:
+        return self.source_lag()
+
+    def open_window_events(self) -> int:
+        return self.windows.open_events()
+
+    @property
+    def reference(self) -> ReferenceProfile:
+        return self._reference
+
+    def reference_hash(self) -> str | None:
+        return self._reference.content_hash
+
+    def ready(self) -> bool:
+        return self.source_ready()
+
+    # -- ingest (consumer thread) ----------------------------------------------------------
+    def consume_batch(self, records: list[Record]) -> None:
+        now = self._clock()
+        latencies: list[float] = []
+        lags: list[float] = []
+        decode, add = self.decoder.decode, self.windows.add
+        late = 0
+        for r in records:
+            try:
+                ev = decode(r.value, r.timestamp_ms, now)
+            except InvalidEvent as exc:
+                self._count_invalid(exc.reason)
+                continue
+            if not add(ev.features, ev.event_time, ev.prediction, ev.model_version):
+                late += 1
+            if ev.latency_seconds is not None:
+                latencies.append(ev.latency_seconds)
+            lags.append(now - ev.event_time)
+        self._consumed.inc(len(records))
+        if late:
+            self._late.inc(late)
+        self.serving_latency.observe_many(latencies)
+        self.event_lag.observe_many(lags)
+
+    def _count_invalid(self, reason: str) -> None:
+        counter = self._invalid.get(reason)
+        if counter is None:
+            counter = self._invalid[reason] = self._metrics.events_invalid.labels(self.name, reason)
+        counter.inc()
+
+    # -- evaluation (scheduler thread) ---------------------------------------------------------
+    def evaluate_due(self) -> list[WindowResult]:
+        results = []
+        for window in self.windows.close_due():
+            result = evaluate_window(window, self._reference, self.settings, self.feature_names)
+            self.evaluation_duration.observe(result.duration_seconds)
+            with self._lock:
+                self._latest = result
+                if result.status is WindowStatus.EVALUATED:
+                    self._latest_evaluated = result
+            drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
+            log.info("monitor %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
+                     self.name, _fmt(result.window_start), _fmt(result.window_end), result.events,
+                     result.status.value, result.drift_share, drifted)
+            if self._trigger is not None:
+                outcome = self._trigger.observe(result)
+                if outcome is not None:
+                    self._metrics.retrain_triggers.labels(self.name, outcome).inc()
+                    log.warning("monitor %s: retraining %s after %d drifted windows", self.name,
+                                "requested" if outcome == "requested" else "not requested (cooldown)",
+                                self._trigger.settings.consecutive_windows)
+            results.append(result)
+        return results
+
+    # -- reference reload -----------------------------------------------------------------------
+    def reload_reference(self) -> tuple[bool, str]:
+        """Load the reference file again; keep the current one if the new one is unusable."""
+        try:
+            new = load_profile(self.settings.reference.path)
+            feature_kinds(self.settings, new, self.index)
+        except (ReferenceError, MonitorSetupError) as exc:
+            log.error("monitor %s: reference reload refused: %s", self.name, exc)
+            return False, str(exc)
+        changed = new.content_hash != self._reference.content_hash
+        if changed:
+            kinds_now = {n: self._reference.columns[n].kind for n in self.feature_names}
+            if any(new.columns[n].kind is not kinds_now[n] for n in self.feature_names):
+                msg = "the new reference changes a feature's type; restart driftline to apply it"
+                log.error("monitor %s: reference reload refused: %s", self.name, msg)
+                return False, msg
+            self._reference = new
+            log.info("monitor %s: reference reloaded, now %s", self.name, new.content_hash)
+        return changed, new.content_hash
+
+
+def _fmt(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t)) if t == t else "?"

@@ -1,0 +1,77 @@
+"""When to ask for retraining: dataset drift in K consecutive evaluated windows, at most
+once per cooldown. Windows with insufficient data neither extend nor break a streak."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .config import RetrainSettings
+from .evaluation import WindowResult, WindowStatus
+from .store import Store
+
+EVENT_TYPE = "driftline.retrain.requested"
+
+
+class RetrainTrigger:
+    def __init__(self, monitor: str, settings: RetrainSettings, store: Store,
+                 clock: Callable[[], float]) -> None:
+        self.monitor, self.settings, self._store, self._clock = monitor, settings, store, clock
+        self.streak = 0
+
+    def observe(self, result: WindowResult) -> str | None:
+        """Feed one window's result; return the outcome if a request was due, else None."""
+        if result.status is not WindowStatus.EVALUATED:
+            return None
+        self.streak = self.streak + 1 if result.dataset_drift else 0
+        if self.streak < self.settings.consecutive_windows:
+            return None
+        self.streak = 0
+        now = self._clock()
+        last = self._store.last_retrain_request(self.monitor)
+        if last is not None and now - last < self.settings.cooldown:
+            return "suppressed_cooldown"
+        message_id = "msg_" + uuid.uuid4().hex
+        body = json.dumps(request_body(message_id, result, self.settings.consecutive_windows, now),
+                          separators=(",", ":"), sort_keys=True)
+        self._store.request_retrain(self.monitor, message_id, self.settings.webhook_url, body, now)
+        return "requested"
+
+
+def request_body(message_id: str, result: WindowResult, consecutive: int, now: float) -> dict[str, Any]:
+    """The webhook payload: the evidence for retraining, aggregates only."""
+    from datetime import UTC, datetime
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+    return {
+        "type": EVENT_TYPE,
+        "timestamp": iso(now),
+        "data": {
+            "id": message_id,
+            "monitor": result.monitor,
+            "reason": f"dataset drift in {consecutive} consecutive windows",
+            "window": {"start": iso(result.window_start), "end": iso(result.window_end),
+                       "events": result.events},
+            "drifted_features": [
+                {"feature": f.feature, "method": f.method, "score": _finite(f.score), "threshold": f.threshold}
+                for f in result.drifted_features
+            ],
+            "dataset_drift_share": result.drift_share,
+            "drift_share_threshold": result.drift_share_threshold,
+            "prediction_drift": None if result.prediction is None or result.prediction.method is None else {
+                "method": result.prediction.method, "score": _finite(result.prediction.score),
+                "threshold": result.prediction.threshold, "drifted": result.prediction.drifted},
+            "reference": {"content_hash": result.reference_hash},
+            "model_version": result.model_version,
+        },
+    }
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN or infinity; a degenerate score is sent as null."""
+    return x if x is not None and math.isfinite(x) else None

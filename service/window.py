@@ -1,0 +1,243 @@
+"""Tumbling windows of events, kept as per-feature partial profiles.
+
+A `WindowProfile` holds, per feature, the window's values (numerical: a compact float
+array, bounded by a reservoir sample beyond `budget` values; categorical: exact counts)
+and how many events lacked the feature. Profiles merge, so a window can be assembled
+from parts.
+
+Time windows are aligned to the epoch (a 5-minute window starts at :00, :05, …) and
+close when the watermark passes their end plus the allowed lateness. The watermark is
+the latest event time seen, advanced by the wall-clock time elapsed since that event
+arrived: it follows event time while a backlog is replayed, and still closes the last
+window when traffic stops.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from array import array
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .drift import ColumnKind, ColumnSample
+
+DEFAULT_BUDGET = 100_000
+
+
+class NumericalValues:
+    """Every value up to `budget`, then a uniform reservoir sample of `budget` values."""
+
+    __slots__ = ("_rng", "budget", "seen", "values")
+
+    def __init__(self, budget: int = DEFAULT_BUDGET, seed: int | None = None) -> None:
+        self.values = array("d")
+        self.budget = budget
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, x: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.budget:
+            self.values.append(x)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.budget:
+            self.values[j] = x
+
+    def merge(self, other: NumericalValues) -> None:
+        if len(self.values) + len(other.values) <= self.budget and self.seen == len(self.values) \
+                and other.seen == len(other.values):
+            self.values.extend(other.values)
+            self.seen += other.seen
+            return
+        # Weighted merge of two uniform samples: draw each slot from either side in
+        # proportion to the number of values each side stands for.
+        total = self.seen + other.seen
+        a, b = list(self.values), list(other.values)
+        self._rng.shuffle(a)
+        self._rng.shuffle(b)
+        out = array("d")
+        while len(out) < min(self.budget, len(a) + len(b)):
+            pick_a = a and (not b or self._rng.random() < self.seen / total)
+            out.append(a.pop() if pick_a else b.pop())
+        self.values, self.seen = out, total
+
+    @property
+    def exact(self) -> bool:
+        return self.seen == len(self.values)
+
+    def sample(self) -> ColumnSample:
+        return ColumnSample(ColumnKind.NUMERICAL, values=np.frombuffer(self.values, dtype=np.float64).copy())
+
+
+@dataclass
+class WindowProfile:
+    """One window's partial profile: mergeable, and holding aggregates, not raw events."""
+
+    kinds: tuple[ColumnKind, ...]
+    start: float
+    end: float
+    budget: int = DEFAULT_BUDGET
+    events: int = 0
+    missing: list[int] = field(default_factory=list)
+    numerical: dict[int, NumericalValues] = field(default_factory=dict)
+    categorical: dict[int, Counter[str]] = field(default_factory=dict)
+    prediction_kind: ColumnKind | None = None
+    prediction_missing: int = 0
+    model_versions: Counter[str] = field(default_factory=Counter)
+    first_event_time: float = math.inf
+    last_event_time: float = -math.inf
+
+    def __post_init__(self) -> None:
+        self.missing = [0] * len(self.kinds)
+        for i, kind in enumerate(self.kinds):
+            if kind is ColumnKind.NUMERICAL:
+                self.numerical[i] = NumericalValues(self.budget)
+            else:
+                self.categorical[i] = Counter()
+        self._prediction: NumericalValues | Counter[str] | None = None
+        if self.prediction_kind is ColumnKind.NUMERICAL:
+            self._prediction = NumericalValues(self.budget)
+        elif self.prediction_kind is ColumnKind.CATEGORICAL:
+            self._prediction = Counter()
+
+    def add(self, features: Sequence[float | str | None], event_time: float,
+            prediction: float | str | None, model_version: str | None) -> None:
+        self.events += 1
+        numerical, categorical, missing = self.numerical, self.categorical, self.missing
+        for i, value in enumerate(features):
+            if value is None:
+                missing[i] += 1
+            elif i in numerical:
+                numerical[i].add(value)  # type: ignore[arg-type]
+            else:
+                categorical[i][value] += 1  # type: ignore[index]
+        if self._prediction is not None:
+            if prediction is None:
+                self.prediction_missing += 1
+            elif isinstance(self._prediction, NumericalValues):
+                self._prediction.add(prediction)  # type: ignore[arg-type]
+            else:
+                self._prediction[prediction] += 1  # type: ignore[index]
+        if model_version is not None:
+            self.model_versions[model_version] += 1
+        if event_time < self.first_event_time:
+            self.first_event_time = event_time
+        if event_time > self.last_event_time:
+            self.last_event_time = event_time
+
+    def merge(self, other: WindowProfile) -> None:
+        if other.kinds != self.kinds:
+            raise ValueError("cannot merge profiles of different features")
+        self.events += other.events
+        self.missing = [a + b for a, b in zip(self.missing, other.missing, strict=True)]
+        for i, vals in other.numerical.items():
+            self.numerical[i].merge(vals)
+        for i, counts in other.categorical.items():
+            self.categorical[i].update(counts)
+        if isinstance(self._prediction, NumericalValues) and isinstance(other._prediction, NumericalValues):
+            self._prediction.merge(other._prediction)
+        elif isinstance(self._prediction, Counter) and isinstance(other._prediction, Counter):
+            self._prediction.update(other._prediction)
+        self.prediction_missing += other.prediction_missing
+        self.model_versions.update(other.model_versions)
+        self.start, self.end = min(self.start, other.start), max(self.end, other.end)
+        self.first_event_time = min(self.first_event_time, other.first_event_time)
+        self.last_event_time = max(self.last_event_time, other.last_event_time)
+
+    def sample(self, i: int) -> ColumnSample:
+        if i in self.numerical:
+            return self.numerical[i].sample()
+        return ColumnSample.categorical(dict(self.categorical[i]))
+
+    def exact(self, i: int) -> bool:
+        return i not in self.numerical or self.numerical[i].exact
+
+    def prediction_sample(self) -> ColumnSample | None:
+        if isinstance(self._prediction, NumericalValues):
+            return self._prediction.sample()
+        if isinstance(self._prediction, Counter):
+            return ColumnSample.categorical(dict(self._prediction))
+        return None
+
+
+Clock = Callable[[], float]
+
+
+class TumblingWindows:
+    """Assigns events to tumbling windows and hands out the ones that have closed.
+
+    The consumer thread calls `add`; the evaluation job calls `close_due`. Both take the
+    same lock, held only for a dict lookup and an append.
+    """
+
+    def __init__(self, *, kind: str, size: float, allowed_lateness: float, kinds: tuple[ColumnKind, ...],
+                 prediction_kind: ColumnKind | None, clock: Clock, budget: int = DEFAULT_BUDGET) -> None:
+        if kind not in ("time", "count"):
+            raise ValueError(f"unknown window type {kind!r}")
+        self.kind, self.size, self.lateness = kind, size, allowed_lateness
+        self._kinds, self._prediction_kind, self._budget = kinds, prediction_kind, budget
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[int, WindowProfile] = {}
+        self._closed: list[WindowProfile] = []
+        self._last_closed_index = -math.inf
+        self._max_event_time = -math.inf
+        self._wall_at_max_event = 0.0
+        self._count_index = 0
+        self.late_events = 0
+
+    def _new(self, start: float, end: float) -> WindowProfile:
+        return WindowProfile(self._kinds, start, end, self._budget, prediction_kind=self._prediction_kind)
+
+    def add(self, features: Sequence[float | str | None], event_time: float,
+            prediction: float | str | None, model_version: str | None) -> bool:
+        """Account for one event; False if it arrived after its window had closed."""
+        with self._lock:
+            if self.kind == "count":
+                w = self._open.get(self._count_index)
+                if w is None:
+                    w = self._open[self._count_index] = self._new(event_time, event_time)
+                w.add(features, event_time, prediction, model_version)
+                w.start, w.end = w.first_event_time, w.last_event_time
+                if w.events >= self.size:
+                    self._closed.append(self._open.pop(self._count_index))
+                    self._count_index += 1
+                return True
+            index = math.floor(event_time / self.size)
+            if index <= self._last_closed_index:
+                self.late_events += 1
+                return False
+            w = self._open.get(index)
+            if w is None:
+                w = self._open[index] = self._new(index * self.size, (index + 1) * self.size)
+            w.add(features, event_time, prediction, model_version)
+            if event_time > self._max_event_time:
+                self._max_event_time = event_time
+                self._wall_at_max_event = self._clock()
+            return True
+
+    def watermark(self) -> float:
+        if self._max_event_time == -math.inf:
+            return -math.inf
+        return self._max_event_time + max(0.0, self._clock() - self._wall_at_max_event)
+
+    def close_due(self) -> list[WindowProfile]:
+        """Windows that closed since the last call, oldest first."""
+        with self._lock:
+            if self.kind == "time":
+                mark = self.watermark() - self.lateness
+                for index in sorted(i for i, w in self._open.items() if w.end <= mark):
+                    self._closed.append(self._open.pop(index))
+                    self._last_closed_index = max(self._last_closed_index, index)
+            closed, self._closed = self._closed, []
+        return closed
+
+    def open_events(self) -> int:
+        with self._lock:
+            return sum(w.events for w in self._open.values())
