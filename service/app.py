@@ -10,7 +10,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from driftline.collectors.kafka import KafkaSource
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from .config import Secrets, Settings, decode_webhook_secret
 from .http import ApiServer
@@ -81,6 +81,7 @@ class Service:
     def __init__(self, settings: Settings, secrets: Secrets, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings, self.secrets, self._clock = settings, secrets, clock
+        disable_created_metrics()  # *_created series double every counter for no use on dashboards
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.metrics = DriftlineMetrics(self.registry)
         self.store = Store(settings.service.state_path)

@@ -167,6 +167,8 @@ class DriftlineMetrics:
                                       ["monitor", "reason"], registry=registry)
         self.events_late = Counter("driftline_events_late", "Events whose window had already closed",
                                    ["monitor"], registry=registry)
+        self.windows = Counter("driftline_windows", "Windows closed, by status (evaluated or insufficient_data)",
+                               ["monitor", "status"], registry=registry)
         self.retrain_triggers = Counter("driftline_retrain_triggers", "Retraining decisions, by outcome",
                                         ["monitor", "outcome"], registry=registry)
         self.webhook_deliveries = Counter("driftline_webhook_deliveries", "Webhook delivery attempts, by result",
@@ -176,6 +178,8 @@ class DriftlineMetrics:
         for m in monitors:
             self.events_consumed.labels(m.name)
             self.events_late.labels(m.name)
+            for status in WindowStatus:
+                self.windows.labels(m.name, status.value)
             for reason in INVALID_REASONS:
                 self.events_invalid.labels(m.name, reason)
             if m.name in with_retrain:

@@ -151,6 +151,7 @@ class Monitor:
         for window in self.windows.close_due():
             result = evaluate_window(window, self._reference, self.settings, self.feature_names)
             self.evaluation_duration.observe(result.duration_seconds)
+            self._metrics.windows.labels(self.name, result.status.value).inc()
             with self._lock:
                 self._latest = result
                 if result.status is WindowStatus.EVALUATED:

@@ -1,0 +1,78 @@
+"""Fixtures: a real Tansu broker, a real verifying webhook receiver, real training data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from driftline.collectors.local_broker import LocalBroker  # noqa: E402
+from driftline.service.demo.receiver import WebhookReceiver  # noqa: E402
+from driftline.service.demo.traffic import write_training_data  # noqa: E402
+from driftline.service.reference import build_profile, save_profile  # noqa: E402
+from tests.helpers import ServiceProcess, new_webhook_secret  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with LocalBroker(log_path=log) as b:
+        yield b
+
+
+@pytest.fixture
+def topic(broker: LocalBroker) -> str:
+    """A fresh topic with one partition, so event order (and so each window) is known."""
+    name = f"serving-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(name, partitions=1)
+    return name
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_training_data(tmp_path_factory.mktemp("training") / "training.parquet", rows=20_000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def reference_path(training_data: Path) -> Path:
+    path = training_data.with_name("credit-risk.dlref")
+    save_profile(build_profile(training_data), path)
+    return path
+
+
+@pytest.fixture
+def webhook_secret() -> str:
+    return new_webhook_secret()
+
+
+@pytest.fixture
+def receiver(webhook_secret: str) -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver(webhook_secret).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def services(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[ServiceProcess]]:
+    """Services a test starts are stopped after it; their logs are shown when it fails."""
+    started: list[ServiceProcess] = []
+    yield started
+    for s in started:
+        s.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for s in started:
+            print(f"----- driftline log ({s.log_path}) -----\n{s.log()[-6000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    rep = yield
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined]
+    return rep
