@@ -247,15 +247,6 @@ class Settings(_Model):
     service: ServiceSettings = ServiceSettings()
     monitors: list[MonitorSettings] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Settings:
-        seen: set[str] = set()
-        for m in self.monitors:
-            if m.name in seen:
-                raise ValueError(f"monitor name {m.name!r} is used twice")
-            seen.add(m.name)
-        return self
-
 
 class ConfigError(Exception):
     """A configuration that cannot run; `problems` lists each as 'path: message'."""
@@ -292,17 +283,17 @@ def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> tu
         raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping with a 'monitors' list at the top level"])
+    secrets, problems = resolve_secrets(raw, env)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = []
+        schema_problems = []
         for err in exc.errors(include_url=False):
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
-            problems.append(f"{_loc(err['loc'])}: {msg}")
-        raise ConfigError(problems) from None
-    secrets, problems = resolve_secrets(settings, env)
+            schema_problems.append(f"{_loc(err['loc'])}: {msg}")
+        raise ConfigError(schema_problems + problems) from None
     problems += _cross_field_problems(settings)
     if problems:
         raise ConfigError(problems)
@@ -311,7 +302,11 @@ def load_settings(path: str | Path, environ: dict[str, str] | None = None) -> tu
 
 def _cross_field_problems(settings: Settings) -> list[str]:
     problems = []
+    seen: set[str] = set()
     for i, m in enumerate(settings.monitors):
+        if m.name in seen:
+            problems.append(f"monitors[{i}].name: monitor name {m.name!r} is used twice")
+        seen.add(m.name)
         if m.window.type == "time" and m.event.event_time is None:
             problems.append(f"monitors[{i}].event.event_time: time windows need the event time's path")
         for name in m.event.features:
@@ -334,34 +329,37 @@ class Secrets:
         return f"Secrets({sorted(self._values)})"
 
 
-def resolve_secrets(settings: Settings, env: Any) -> tuple[Secrets, list[str]]:
+def resolve_secrets(raw: Any, env: Any) -> tuple[Secrets, list[str]]:
+    """Read every `…_env` field's environment variable; report each one that is unset."""
     values: dict[str, SecretStr] = {}
     problems: list[str] = []
-
-    def need(field_path: str, var: str | None) -> None:
-        if var is None:
-            return
+    for path, var in _env_fields(raw, ""):
         val = env.get(var)
-        if val is None or val == "":
-            problems.append(f"{field_path}: environment variable {var} is not set")
-        else:
-            values[field_path] = SecretStr(val)
-
-    need("service.api_token_env", settings.service.api_token_env)
-    for i, m in enumerate(settings.monitors):
-        k = m.kafka
-        need(f"monitors[{i}].kafka.sasl_username_env", k.sasl_username_env)
-        need(f"monitors[{i}].kafka.sasl_password_env", k.sasl_password_env)
-        need(f"monitors[{i}].kafka.ssl_password_env", k.ssl_password_env)
-        if m.retrain is not None:
-            path = f"monitors[{i}].retrain.secret_env"
-            need(path, m.retrain.secret_env)
-            if path in values:
-                try:
-                    decode_webhook_secret(values[path].get_secret_value())
-                except ValueError as exc:
-                    problems.append(f"{path}: environment variable {m.retrain.secret_env}: {exc}")
+        if not val:
+            problems.append(f"{path}: environment variable {var} is not set")
+            continue
+        values[path] = SecretStr(val)
+        if path.endswith(".retrain.secret_env"):
+            try:
+                decode_webhook_secret(val)
+            except ValueError as exc:
+                problems.append(f"{path}: environment variable {var}: {exc}")
     return Secrets(values), problems
+
+
+def _env_fields(node: Any, path: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and key.endswith("_env") and isinstance(value, str):
+                found.append((sub, value))
+            else:
+                found += _env_fields(value, sub)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _env_fields(value, f"{path}[{i}]")
+    return found
 
 
 def decode_webhook_secret(secret: str) -> bytes:

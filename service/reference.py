@@ -148,7 +148,9 @@ def _batches(path: Path, columns: list[str] | None, batch_rows: int) -> tuple[li
         unknown = [c for c in wanted if c not in names]
         if unknown:
             raise ReferenceError(f"{path}: no column {', '.join(map(repr, unknown))}; has {', '.join(names)}")
-        return wanted, iter(pd.read_csv(path, usecols=wanted, chunksize=batch_rows)), None
+        # round_trip: the default parser can be off by one ulp, and reference values must be exact
+        reader = pd.read_csv(path, usecols=wanted, chunksize=batch_rows, float_precision="round_trip")
+        return wanted, iter(reader), None
     raise ReferenceError(f"{path}: expected a .parquet or .csv file")
 
 

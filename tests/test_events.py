@@ -1,0 +1,127 @@
+"""Where a record becomes an event: valid fields picked out, every malformed kind named."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftline.collectors.events import INVALID_REASONS, Event, EventDecoder, InvalidEvent
+from driftline.service.config import EventSchema
+from driftline.service.drift import ColumnKind
+
+NOW = 1_800_000_000.0
+KINDS = {"age": ColumnKind.NUMERICAL, "city": ColumnKind.CATEGORICAL, "score": ColumnKind.NUMERICAL}
+
+
+def decoder(**schema: Any) -> EventDecoder:
+    base: dict[str, Any] = {
+        "features": {"age": {"path": "user.age"}, "city": {"path": "user.address.city"}, "score": {"path": "s"}},
+        "event_time": {"path": "ts"}, "prediction": {"path": "out.p"}, "latency": {"path": "lat", "unit": "ms"},
+        "model_version": {"path": "model.v"}, "allowed_extra_fields": ["request_id", "debug"],
+        "max_event_bytes": 2048}
+    base.update(schema)
+    return EventDecoder(EventSchema.model_validate(base), KINDS, ColumnKind.NUMERICAL)
+
+
+def decode(obj: Any, d: EventDecoder | None = None, ts_ms: int | None = None) -> Event:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return (d or decoder()).decode(raw, ts_ms, NOW)
+
+
+def reason(obj: Any, d: EventDecoder | None = None) -> str:
+    with pytest.raises(InvalidEvent) as exc:
+        decode(obj, d)
+    assert exc.value.reason in INVALID_REASONS
+    return exc.value.reason
+
+
+def test_nested_paths_and_context_fields() -> None:
+    ev = decode({"ts": NOW - 5, "user": {"age": 41, "address": {"city": "Lyon"}}, "s": 0.5, "out": {"p": 0.9},
+                 "lat": 12.5, "model": {"v": "m-3"}, "request_id": "abc", "debug": {"anything": [1]}})
+    assert ev == Event((41.0, "Lyon", 0.5), NOW - 5, 0.9, 0.0125, "m-3")
+
+
+def test_missing_features_are_none_not_invalid() -> None:
+    ev = decode({"ts": NOW, "user": {"address": {}}, "s": None})
+    assert ev.features == (None, None, None) and ev.prediction is None and ev.latency_seconds is None
+
+
+@pytest.mark.parametrize(("event", "expected"), [
+    (b"\xff\xfe{}", "invalid_encoding"),
+    (b"{nope", "invalid_json"),
+    (b"[" * 1500, "invalid_json"),  # nested deeper than the parser allows
+    (b"", "invalid_json"),
+    ([1, 2], "not_an_object"),
+    ("text", "not_an_object"),
+    ({"ts": NOW, "user": {"age": "41"}}, "wrong_type"),
+    ({"ts": NOW, "user": {"age": True}}, "wrong_type"),
+    ({"ts": NOW, "user": {"address": {"city": {"name": "x"}}}}, "wrong_type"),
+    ({"ts": NOW, "lat": -1}, "wrong_type"),
+    (b'{"ts": 1800000000, "s": NaN}', "non_finite"),
+    (b'{"ts": 1800000000, "s": -Infinity}', "non_finite"),
+    (b'{"ts": 1800000000, "s": 1e400}', "non_finite"),
+    ({"ts": NOW, "s": 10**400}, "non_finite"),
+    ({"user": {"age": 1}}, "missing_field"),
+    ({"ts": None}, "missing_field"),
+    ({"ts": NOW, "password": "x"}, "unknown_field"),
+    ({"ts": NOW, "user": {"age": 3, "ssn": "1"}}, "unknown_field"),
+    ({"ts": "noon"}, "bad_timestamp"),
+    ({"ts": NOW + 3600}, "bad_timestamp"),
+    ({"ts": -5}, "bad_timestamp"),
+    ({"ts": NOW, "request_id": "x" * 3000}, "oversized"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_each_malformed_kind_has_its_reason(event: Any, expected: str) -> None:
+    assert reason(event) == expected
+
+
+def test_unknown_fields_can_be_ignored() -> None:
+    ev = decode({"ts": NOW, "password": "x", "user": {"age": 3, "ssn": "1"}}, decoder(unknown_fields="ignore"))
+    assert ev.features[0] == 3.0
+
+
+def test_categories_are_spelled_as_the_reference_spells_them() -> None:
+    assert decode({"ts": NOW, "user": {"address": {"city": 75}}}).features[1] == "75"
+    assert decode({"ts": NOW, "user": {"address": {"city": 75.0}}}).features[1] == "75"
+    assert decode({"ts": NOW, "user": {"address": {"city": True}}}).features[1] == "True"
+
+
+@pytest.mark.parametrize(("fmt", "value", "expected"), [
+    ("epoch_seconds", NOW - 1.5, NOW - 1.5),
+    ("epoch_millis", (NOW - 2) * 1000, NOW - 2),
+    ("iso8601", "2027-01-15T08:00:00Z", 1800000000.0),
+    ("iso8601", "2027-01-15T09:00:00+01:00", 1800000000.0),
+])
+def test_event_time_formats(fmt: str, value: Any, expected: float) -> None:
+    d = decoder(event_time={"path": "ts", "format": fmt})
+    assert decode({"ts": value}, d).event_time == pytest.approx(expected)
+
+
+def test_iso_time_without_zone_is_refused() -> None:
+    assert reason({"ts": "2027-01-15T08:00:00"}, decoder(event_time={"path": "ts", "format": "iso8601"})) \
+        == "bad_timestamp"
+
+
+def test_without_an_event_time_path_the_record_timestamp_is_used() -> None:
+    d = decoder(event_time=None)
+    assert decode({}, d, ts_ms=int((NOW - 3) * 1000)).event_time == pytest.approx(NOW - 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=300) | st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+        ["ts", "user", "age", "address", "city", "s", "out", "p", "lat", "model", "v", "x"]), inner, max_size=5),
+    max_leaves=20).map(lambda o: json.dumps(o).encode()))
+def test_any_input_is_an_event_or_a_named_reason(raw: bytes) -> None:
+    try:
+        ev = decoder().decode(raw, None, NOW)
+    except InvalidEvent as exc:
+        assert exc.reason in INVALID_REASONS
+    else:
+        assert isinstance(ev, Event)
+        for v in ev.features:
+            assert v is None or isinstance(v, str) or (isinstance(v, float) and v == v and abs(v) != float("inf"))

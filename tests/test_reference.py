@@ -1,0 +1,119 @@
+"""Reference profiles: built from Parquet or CSV, typed, versioned by content, tamper-evident."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftline.service.drift import ColumnKind
+from driftline.service.reference import ReferenceError, build_profile, load_profile, save_profile
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 5000
+    df = pd.DataFrame({
+        "amount": rng.normal(100, 15, n),
+        "count": rng.integers(0, 9, n),
+        "segment": rng.choice(["a", "b", "c"], n),
+        "flag": rng.choice([True, False], n),
+        "zip": rng.choice([75001, 69002, 13003], n),
+    })
+    df.loc[::10, "amount"] = np.nan
+    df.loc[::7, "segment"] = None
+    df.loc[3, "amount"] = np.inf
+    return df
+
+
+def test_parquet_and_csv_give_the_same_profile(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    a = build_profile(tmp_path / "t.parquet", batch_rows=1234)
+    b = build_profile(tmp_path / "t.csv", batch_rows=777)
+    assert a.content_hash == b.content_hash
+    kinds = {n: c.kind for n, c in a.columns.items()}
+    assert kinds == {"amount": ColumnKind.NUMERICAL, "count": ColumnKind.NUMERICAL,
+                     "segment": ColumnKind.CATEGORICAL, "flag": ColumnKind.CATEGORICAL, "zip": ColumnKind.NUMERICAL}
+    amount = a.columns["amount"]
+    finite = frame["amount"][np.isfinite(frame["amount"])].to_numpy()
+    np.testing.assert_array_equal(amount.sample.sorted, np.sort(finite))
+    assert amount.missing == len(frame) - finite.size
+    assert a.columns["segment"].sample.count_map == frame["segment"].value_counts().to_dict()
+    assert a.columns["segment"].missing == frame["segment"].isna().sum()
+
+
+def test_types_can_be_overridden_and_integral_categories_read_as_integers(tmp_path: Path,
+                                                                          frame: pd.DataFrame) -> None:
+    frame.loc[::5, "zip"] = np.nan  # pandas turns the int column into floats
+    frame.to_parquet(tmp_path / "t.parquet")
+    p = build_profile(tmp_path / "t.parquet", kinds={"zip": ColumnKind.CATEGORICAL})
+    assert set(p.columns["zip"].sample.count_map) == {"75001", "69002", "13003"}
+
+
+def test_save_load_roundtrip_and_hash_is_independent_of_build_time(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    p1, p2 = build_profile(tmp_path / "t.parquet"), build_profile(tmp_path / "t.parquet")
+    assert p1.content_hash == p2.content_hash and p1.content_hash.startswith("sha256:")
+    save_profile(p1, tmp_path / "r.dlref")
+    loaded = load_profile(tmp_path / "r.dlref")
+    assert loaded.content_hash == p1.content_hash
+    for name, col in p1.columns.items():
+        assert loaded.columns[name].kind is col.kind and loaded.columns[name].missing == col.missing
+        assert loaded.columns[name].sample.count_map == col.sample.count_map
+
+
+def test_a_changed_training_set_gets_a_new_hash(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "a.parquet")
+    frame.assign(amount=frame["amount"] + 1e-9).to_parquet(tmp_path / "b.parquet")
+    assert build_profile(tmp_path / "a.parquet").content_hash != build_profile(tmp_path / "b.parquet").content_hash
+
+
+def test_a_tampered_profile_is_refused(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    save_profile(build_profile(tmp_path / "t.parquet"), tmp_path / "r.dlref")
+    with zipfile.ZipFile(tmp_path / "r.dlref") as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    entries["col2.json"] = entries["col2.json"].replace(b'"a"', b'"z"')
+    with zipfile.ZipFile(tmp_path / "bad.dlref", "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    with pytest.raises(ReferenceError, match="content hash mismatch"):
+        load_profile(tmp_path / "bad.dlref")
+    (tmp_path / "junk.dlref").write_bytes(b"not a zip")
+    with pytest.raises(ReferenceError, match="not a driftline reference profile"):
+        load_profile(tmp_path / "junk.dlref")
+    with pytest.raises(ReferenceError, match="no such file"):
+        load_profile(tmp_path / "missing.dlref")
+
+
+def test_bad_inputs_are_named(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(ReferenceError, match="no column 'nope'"):
+        build_profile(tmp_path / "t.parquet", columns=["amount", "nope"])
+    with pytest.raises(ReferenceError, match="'segment' is numerical but holds non-numeric values"):
+        build_profile(tmp_path / "t.parquet", kinds={"segment": ColumnKind.NUMERICAL})
+    frame.assign(amount=np.nan).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ReferenceError, match="'amount' has no usable value"):
+        build_profile(tmp_path / "empty.parquet")
+    (tmp_path / "t.xlsx").write_bytes(b"")
+    with pytest.raises(ReferenceError, match="expected a .parquet or .csv"):
+        build_profile(tmp_path / "t.xlsx")
+
+
+def test_cli_builds_a_profile_and_shows_progress(tmp_path: Path, frame: pd.DataFrame) -> None:
+    big = pd.concat([frame] * 120, ignore_index=True)  # 600,000 rows
+    big.to_parquet(tmp_path / "t.parquet", row_group_size=100_000)
+    res = subprocess.run([sys.executable, "-m", "driftline.service.cli", "reference", "build", "--data",
+                          str(tmp_path / "t.parquet"), "--out", str(tmp_path / "r.dlref"), "--categorical", "zip"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "read 600,000 of 600,000 rows (100%)" in res.stderr and "read 250,000 of 600,000" in res.stderr
+    assert "zip" in res.stdout and "categorical" in res.stdout
+    assert load_profile(tmp_path / "r.dlref").columns["zip"].kind is ColumnKind.CATEGORICAL
