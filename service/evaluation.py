@@ -112,6 +112,7 @@ def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings
     return WindowResult(
         monitor=settings.name, status=status, window_start=window.start, window_end=window.end,
         events=window.events, features=tuple(features), prediction=prediction, drift_share=share,
-        drift_share_threshold=drift.drift_share, dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
+        drift_share_threshold=drift.drift_share,
+        dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
         evaluated_at=time.time(), duration_seconds=time.perf_counter() - started)

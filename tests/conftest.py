@@ -11,11 +11,12 @@ import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from driftline.collectors.local_broker import LocalBroker  # noqa: E402
-from driftline.service.demo.receiver import WebhookReceiver  # noqa: E402
-from driftline.service.demo.traffic import write_training_data  # noqa: E402
-from driftline.service.reference import build_profile, save_profile  # noqa: E402
-from tests.helpers import ServiceProcess, new_webhook_secret  # noqa: E402
+from driftline.collectors.local_broker import LocalBroker
+from driftline.service.demo.receiver import WebhookReceiver
+from driftline.service.demo.traffic import write_training_data
+from driftline.service.reference import build_profile, save_profile
+
+from tests.helpers import ServiceProcess, new_webhook_secret
 
 
 @pytest.fixture(scope="session")

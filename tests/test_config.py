@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from driftline.service.config import ConfigError, load_settings
 from driftline.service.demo.traffic import monitor_config
 
@@ -55,7 +54,8 @@ def test_the_demo_configuration_is_valid(tmp_path: Path, reference_path: Path) -
     (lambda c: c["monitors"][0]["retrain"].update(webhook_url="ftp://x"), "monitors[0].retrain.webhook_url:"),
     (lambda c: c["monitors"][0].update(colour="blue"), "monitors[0].colour: unknown field"),
     (lambda c: c["service"].update(listen="localhost"), "service.listen: Value error, expected host:port"),
-    (lambda c: c["monitors"].append(copy.deepcopy(c["monitors"][0])), "monitors[1].name: monitor name 'credit-risk' is used twice"),
+    (lambda c: c["monitors"].append(copy.deepcopy(c["monitors"][0])),
+     "monitors[1].name: monitor name 'credit-risk' is used twice"),
     (lambda c: c["monitors"][0]["event"].pop("event_time"),
      "monitors[0].event.event_time: time windows need the event time's path"),
 ], ids=lambda v: v if isinstance(v, str) else "")

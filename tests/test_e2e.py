@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from driftline.collectors.local_broker import LocalBroker
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import DEFAULT_SHIFT, FEATURES, TrafficModel, encode, monitor_config
 from driftline.service.reference import load_profile
+
 from tests.helpers import ServiceProcess, produce, wait_until
 
 pytestmark = pytest.mark.integration
@@ -199,7 +199,6 @@ def test_reference_reload_requires_the_bearer_token(services, tmp_path, broker, 
     import urllib.request
 
     import pandas as pd
-
     from driftline.service.reference import build_profile, save_profile
 
     ref = tmp_path / "ref.dlref"

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from driftline.collectors.events import INVALID_REASONS, Event, EventDecoder, InvalidEvent
 from driftline.service.config import EventSchema
 from driftline.service.drift import ColumnKind
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = 1_800_000_000.0
 KINDS = {"age": ColumnKind.NUMERICAL, "city": ColumnKind.CATEGORICAL, "score": ColumnKind.NUMERICAL}

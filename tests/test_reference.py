@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from driftline.service.drift import ColumnKind
 from driftline.service.reference import ReferenceError, build_profile, load_profile, save_profile
 
@@ -103,7 +102,7 @@ def test_bad_inputs_are_named(tmp_path: Path, frame: pd.DataFrame) -> None:
     with pytest.raises(ReferenceError, match="'amount' has no usable value"):
         build_profile(tmp_path / "empty.parquet")
     (tmp_path / "t.xlsx").write_bytes(b"")
-    with pytest.raises(ReferenceError, match="expected a .parquet or .csv"):
+    with pytest.raises(ReferenceError, match=r"expected a \.parquet or \.csv"):
         build_profile(tmp_path / "t.xlsx")
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from driftline.service.drift import ColumnKind
 from driftline.service.window import NumericalValues, TumblingWindows, WindowProfile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 KINDS = (ColumnKind.NUMERICAL, ColumnKind.CATEGORICAL)
 

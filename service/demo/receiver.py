@@ -8,6 +8,7 @@ DRIFTLINE_WEBHOOK_SECRET set; the demo and the tests start it themselves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,10 +114,8 @@ def main() -> int:
         return 2
     receiver = WebhookReceiver(secret, args.port, on_delivery=print_delivery)
     print(f"[receiver] listening on {receiver.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         receiver.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
