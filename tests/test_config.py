@@ -140,3 +140,17 @@ def test_run_refuses_to_start_on_a_bad_config(tmp_path: Path, reference_path: Pa
 
     res = run_cli("run", "--config", str(path))  # and without the secret: both problems listed
     assert "monitors[0].retrain.secret_env: environment variable WH_SECRET is not set" in res.stderr
+
+
+def test_the_documented_example_configuration_is_valid(tmp_path: Path, reference_path: Path) -> None:
+    example = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "driftline.example.yaml").read_text())
+    example["monitors"][0]["reference"]["path"] = str(reference_path)
+    path = tmp_path / "example.yaml"
+    path.write_text(yaml.safe_dump(example))
+    env = {"WH_SECRET": SECRET, "DRIFTLINE_WEBHOOK_SECRET": SECRET, "KAFKA_USERNAME": "u", "KAFKA_PASSWORD": "p",
+           "DRIFTLINE_API_TOKEN": "t"}
+    res = run_cli("check", "--config", str(path), env=env)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("check", "--config", str(path), env={"DRIFTLINE_WEBHOOK_SECRET": SECRET})
+    assert res.returncode == 1
+    assert "monitors[0].kafka.sasl_password_env: environment variable KAFKA_PASSWORD is not set" in res.stderr
