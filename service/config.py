@@ -67,6 +67,7 @@ def _positive(value: float) -> float:
 Seconds = Annotated[float, BeforeValidator(_parse_duration)]
 PositiveSeconds = Annotated[float, BeforeValidator(_parse_duration), AfterValidator(_positive)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Threshold = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -137,7 +138,7 @@ class FieldSpec(_Model):
 class FeatureSpec(FieldSpec):
     type: ColumnKind | None = Field(None, description="numerical or categorical; default: the reference's")
     method: str | None = Field(None, description="Evidently method name; default: Evidently's choice")
-    threshold: float | None = None
+    threshold: Threshold | None = None
 
     @field_validator("method")
     @classmethod
@@ -155,7 +156,7 @@ class PredictionSpec(FieldSpec):
     column: str = Field("prediction", description="the prediction's column in the reference data")
     type: ColumnKind | None = None
     method: str | None = None
-    threshold: float | None = None
+    threshold: Threshold | None = None
 
 
 class LatencySpec(FieldSpec):
@@ -214,7 +215,7 @@ class DriftSettings(_Model):
     method: str | None = Field(None, description="method for every feature; default: Evidently's choice")
     num_method: str | None = None
     cat_method: str | None = None
-    threshold: float | None = None
+    threshold: Threshold | None = None
     drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift when this share of features drift")
 
     @field_validator("method", "num_method", "cat_method")

@@ -82,12 +82,19 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def due(self, now: float, limit: int = 50) -> list[OutboxMessage]:
+    def due(self, now: float, monitors: list[str], limit: int = 50) -> list[OutboxMessage]:
+        """Pending messages of these monitors whose next attempt is due, oldest due first.
+
+        Messages of monitors no longer configured stay pending, untouched, and never
+        crowd out the others."""
+        if not monitors:
+            return []
+        marks = ",".join("?" * len(monitors))
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, monitor, url, body, created_at, attempts FROM outbox "
-                "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-                (now, limit)).fetchall()
+                f"WHERE state = 'pending' AND next_attempt_at <= ? AND monitor IN ({marks}) "
+                "ORDER BY next_attempt_at LIMIT ?", (now, *monitors, limit)).fetchall()
         return [OutboxMessage(*r) for r in rows]
 
     def next_due_at(self) -> float | None:

@@ -36,7 +36,7 @@ class RetrainTrigger:
             return "suppressed_cooldown"
         message_id = "msg_" + uuid.uuid4().hex
         body = json.dumps(request_body(message_id, result, self.settings.consecutive_windows, now),
-                          separators=(",", ":"), sort_keys=True)
+                          separators=(",", ":"), sort_keys=True, allow_nan=False)
         self._store.request_retrain(self.monitor, message_id, self.settings.webhook_url, body, now)
         return "requested"
 

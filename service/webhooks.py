@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import logging
 import random
 import socket
@@ -70,11 +71,8 @@ class Dispatcher:
 
     def run_once(self) -> int:
         delivered = 0
-        for msg in self._store.due(self._clock()):
-            endpoint = self._endpoints.get(msg.monitor)
-            if endpoint is None:
-                continue  # the monitor was removed from the config; keep the message
-            delivered += self._deliver(msg, endpoint)
+        for msg in self._store.due(self._clock(), list(self._endpoints)):
+            delivered += self._deliver(msg, self._endpoints[msg.monitor])
         return delivered
 
     def _deliver(self, msg: OutboxMessage, endpoint: Endpoint) -> int:
@@ -97,6 +95,8 @@ class Dispatcher:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             error = "timeout" if isinstance(reason, TimeoutError | socket.timeout) else "connection_error"
+        except http.client.HTTPException:  # not an HTTP answer (e.g. the URL names another protocol's port)
+            error = "connection_error"
         status = status_class(code, error)
         self._on_attempt(msg.monitor, status)
         now = self._clock()
@@ -110,7 +110,8 @@ class Dispatcher:
             log.error("webhook endpoint of monitor %s answered 410 Gone: request %s will not be retried; "
                       "fix retrain.webhook_url", msg.monitor, msg.id)
             return 0
-        delay = min(endpoint.max_backoff, endpoint.initial_backoff * 2 ** msg.attempts)
+        # the exponent is bounded: 2 ** 1024 no longer converts to a float (an outage of some days)
+        delay = min(endpoint.max_backoff, endpoint.initial_backoff * 2 ** min(msg.attempts, 1000))
         delay *= 0.5 + 0.5 * self._rng.random()  # jitter: spread retries of many monitors
         if retry_after is not None:
             delay = max(delay, min(retry_after, endpoint.max_backoff))
