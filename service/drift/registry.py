@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import binned, continuous, counts
+from . import binned, continuous, counts, moments
 from .base import ColumnKind, ColumnSample, DriftMethod, combined_nunique
 
 METHODS: dict[str, DriftMethod] = {
-    m.name: m for family in (continuous, binned, counts) for m in family.METHODS
+    m.name: m for family in (continuous, moments, binned, counts) for m in family.METHODS
 }
 
 # Evidently's _get_default_stattest switches strategy above this many reference values.
