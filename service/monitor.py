@@ -17,7 +17,7 @@ from driftline.collectors.events import EventDecoder, InvalidEvent
 from driftline.collectors.kafka import Record
 
 from .config import MonitorSettings
-from .drift import ColumnKind
+from .drift import ColumnKind, get_method
 from .evaluation import WindowResult, WindowStatus, evaluate_window
 from .metrics import EVALUATION_BUCKETS, EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .reference import ReferenceError, ReferenceProfile, load_profile
@@ -45,11 +45,28 @@ def feature_kinds(settings: MonitorSettings, reference: ReferenceProfile, index:
                 f"monitors[{index}].event.features.{name}.type: {spec.type.value}, but the reference profile "
                 f"holds it as {ref_kind.value}; rebuild the reference with --{spec.type.value} {name}")
         kinds[name] = ref_kind
+        _check_method(settings, index, f"event.features.{name}", spec.method, ref_kind)
     pred = settings.event.prediction
-    if pred is not None and pred.column not in reference.columns:
-        raise MonitorSetupError(
-            f"monitors[{index}].event.prediction.column: no column {pred.column!r} in the reference profile")
+    if pred is not None:
+        if pred.column not in reference.columns:
+            raise MonitorSetupError(
+                f"monitors[{index}].event.prediction.column: no column {pred.column!r} in the reference profile")
+        _check_method(settings, index, "event.prediction", pred.method, reference.columns[pred.column].kind)
     return kinds
+
+
+def _check_method(settings: MonitorSettings, index: int, where: str, own: str | None, kind: ColumnKind) -> None:
+    """A configured method must accept the column's kind; name the field it came from."""
+    d = settings.drift
+    by_kind = ("num_method", d.num_method) if kind is ColumnKind.NUMERICAL else ("cat_method", d.cat_method)
+    for field, name in ((f"{where}.method", own), ("drift.method", d.method), (f"drift.{by_kind[0]}", by_kind[1])):
+        if name is None:
+            continue
+        if not get_method(name).accepts(kind):
+            accepted = " or ".join(sorted(k.value for k in get_method(name).kinds))
+            raise MonitorSetupError(f"monitors[{index}].{field}: {name} applies to {accepted} columns, and "
+                                    f"{where.split('.')[-1]} is {kind.value}")
+        return
 
 
 class Monitor:

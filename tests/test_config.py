@@ -154,3 +154,21 @@ def test_the_documented_example_configuration_is_valid(tmp_path: Path, reference
     res = run_cli("check", "--config", str(path), env={"DRIFTLINE_WEBHOOK_SECRET": SECRET})
     assert res.returncode == 1
     assert "monitors[0].kafka.sasl_password_env: environment variable KAFKA_PASSWORD is not set" in res.stderr
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda m: m["event"]["features"]["region"].update(method="ks"),
+     "monitors[0].event.features.region.method: ks applies to numerical columns, and region is categorical"),
+    (lambda m: m["drift"].update(method="wasserstein"),
+     "monitors[0].drift.method: wasserstein applies to numerical columns, and home_ownership is categorical"),
+    (lambda m: m["drift"].update(num_method="TVD"),
+     "monitors[0].drift.num_method: TVD applies to categorical columns, and age is numerical"),
+])
+def test_a_method_must_apply_to_the_feature_kind(tmp_path: Path, reference_path: Path, edit: Any,
+                                                 expected: str) -> None:
+    conf = good(reference_path)
+    edit(conf["monitors"][0])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    res = run_cli("check", "--config", str(path), env={"WH_SECRET": SECRET})
+    assert res.returncode == 1 and expected in res.stderr, res.stderr
