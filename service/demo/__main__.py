@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shift-after", type=float, default=60.0, help="seconds before the producer shifts features")
     p.add_argument("--shift", default=",".join(DEFAULT_SHIFT), help=f"features to shift, from: {', '.join(FEATURES)}")
     p.add_argument("--rate", type=float, default=200.0, help="events per second")
-    p.add_argument("--window", default="15s", help="window size")
+    p.add_argument("--window", default="10s", help="window size")
     p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
     p.add_argument("--port", type=int, default=None, help="driftline's HTTP port (default: a free one)")
     args = p.parse_args(argv)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  logs         {run}/driftline.log, {run}/receiver.log")
         say(f"producer: {args.rate:.0f} events/s; {', '.join(shift)} shift after {args.shift_after:.0f}s. "
             "Ctrl-C stops everything.")
-        started, last = time.monotonic(), None
+        started, last, last_said = time.monotonic(), None, 0.0
         while not stop.is_set():
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 break
@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"a process exited unexpectedly ({proc.args[3]}, code {proc.returncode}); stopping")
                     return 1
             line = status_line(api)
-            if line and line != last:
+            waiting = line is not None and line.startswith("waiting")
+            if line and line != last and (not waiting or time.monotonic() - last_said >= 5):
                 say(line)
-                last = line
+                last, last_said = line, time.monotonic()
             stop.wait(1.0)
         return 0
     except KeyboardInterrupt:

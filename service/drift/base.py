@@ -123,7 +123,7 @@ class ColumnSample:
     # -- cached derivations ------------------------------------------------------------
     @cached_property
     def sorted(self) -> np.ndarray:
-        return np.sort(self.values, kind="stable")
+        return np.sort(self.values)
 
     @cached_property
     def _unique_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +152,16 @@ class ColumnSample:
         return dict(zip(self.labels.tolist(), self.counts.tolist(), strict=True))
 
     @cached_property
+    def run_ends(self) -> np.ndarray:
+        """For each position of the sorted values, the index just past its run of equal
+        values: `searchsorted(sorted, sorted[i], "right")` for every i, in O(n)."""
+        s = self.sorted
+        if s.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        last_of_run = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+        return np.repeat(last_of_run + 1, np.diff(np.concatenate(([0], last_of_run + 1))))
+
+    @cached_property
     def mean(self) -> float:
         return float(np.mean(self.values))
 
@@ -165,23 +175,27 @@ class ColumnSample:
         return self.__dict__.setdefault("_method_cache", {})  # type: ignore[no-any-return]
 
 
+def ranks_in(ref: ColumnSample, cur: ColumnSample) -> np.ndarray:
+    """For each distinct window value, how many reference values are <= it (cached on the
+    window: the default-method choice and the rank-based methods all need it)."""
+    cache = cur.cache()
+    hit = cache.get("ranks_in")
+    if hit is None or hit[0] is not ref:
+        hit = cache["ranks_in"] = (ref, np.searchsorted(ref.sorted, cur.uniques, side="right"))
+    return hit[1]  # type: ignore[no-any-return]
+
+
 def combined_nunique(ref: ColumnSample, cur: ColumnSample) -> int:
     """Distinct values over both samples, as Evidently's `pd.concat([...]).nunique()`."""
     if ref.kind is ColumnKind.NUMERICAL and cur.kind is ColumnKind.NUMERICAL:
         if cur.n == 0:
             return ref.nunique
-        missing_from_ref = ~_isin_sorted(cur.uniques, ref.uniques)
-        return ref.nunique + int(np.count_nonzero(missing_from_ref))
+        k = ranks_in(ref, cur)
+        # a window value is in the reference iff the largest reference value <= it equals it
+        found = (k > 0) & (ref.sorted[np.maximum(k - 1, 0)] == cur.uniques)
+        return ref.nunique + int(cur.nunique - np.count_nonzero(found))
     ref_map = ref.count_map
     return ref.nunique + sum(1 for label in cur.labels.tolist() if label not in ref_map)
-
-
-def _isin_sorted(values: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
-    if sorted_pool.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    idx = np.searchsorted(sorted_pool, values)
-    idx[idx == sorted_pool.size] = 0
-    return np.asarray(sorted_pool[idx] == values)
 
 
 ScoreFn = Callable[[ColumnSample, ColumnSample], float]
