@@ -22,14 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from driftline.service.config import MonitorSettings  # noqa: E402
-from driftline.service.drift import METHODS, ColumnKind  # noqa: E402
-from driftline.service.evaluation import evaluate_window  # noqa: E402
-from driftline.service.reference import build_profile  # noqa: E402
-from driftline.service.window import WindowProfile  # noqa: E402
+import numpy as np
+import pandas as pd
+from driftline.service.config import MonitorSettings
+from driftline.service.drift import METHODS, ColumnKind
+from driftline.service.evaluation import evaluate_window
+from driftline.service.reference import build_profile
+from driftline.service.window import WindowProfile
 
 N_NUM, N_CAT = 20, 5
 
