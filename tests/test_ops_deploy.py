@@ -234,6 +234,29 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
     assert {"Deployment", "Service", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= set(kinds)
 
 
+def test_kustomize_builds_the_bundle_and_its_output_validates() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (its built-in kustomize) is part of this machine image; install it to run this test"
+    proc = run(kubectl, "kustomize", str(K8S))
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    import kubernetes_validate
+
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            continue
+        assert doc["metadata"]["namespace"] == "driftline", doc["kind"]
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert operator_model_round_trip(doc) == doc
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert image == f"{kustomization['images'][0]['newName']}:{kustomization['images'][0]['newTag']}"
+    assert len(docs) == len(k8s_docs()) - 1  # everything but the kustomization itself
+
+
 def test_kubernetes_strict_validation_has_teeth() -> None:
     import kubernetes_validate
 
