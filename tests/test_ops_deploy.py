@@ -379,7 +379,7 @@ def test_demo_traffic_reaches_the_topic(broker: LocalBroker, topic: str) -> None
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                             group_id=None, consumer_timeout_ms=5000)
+                             group_id=None, consumer_timeout_ms=2000)
     records = [json.loads(r.value) for r in consumer]
     consumer.close()
     assert len(records) == sent > 0
