@@ -142,3 +142,13 @@ def test_provisioning_files() -> None:
     assert provider["apiVersion"] == 1
     [p] = provider["providers"]
     assert p["type"] == "file" and p["options"]["path"] == "/var/lib/grafana/dashboards/driftline"
+
+
+def test_panels_named_in_the_runbooks_exist() -> None:
+    """On-call follows the runbook to a panel by its title: the titles must be there."""
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    named = set()
+    for m in re.finditer(r"[Pp]anels? \*\*([^*]+)\*\*(?: and \*\*([^*]+)\*\*)?", runbooks):
+        named.update(t for t in m.groups() if t)
+    titles = {p["title"] for path in DASHBOARDS for p in panels(load(path))}
+    assert len(named) >= 10 and not named - titles, sorted(named - titles)
