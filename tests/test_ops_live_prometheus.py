@@ -143,13 +143,14 @@ def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.Tem
                 produce(broker.bootstrap, topic, encode(model.events(chunk)))
                 time.sleep(0.5)
 
-        send(TrafficModel(seed=31), 2 * WINDOW)
+        stable, drifted, persisting = 2, 2, 3  # windows
+        send(TrafficModel(seed=31), stable * WINDOW)
         produce(broker.bootstrap, topic, MALFORMED)
         shifted = TrafficModel(seed=32, shift=DEFAULT_SHIFT)
-        send(shifted, 2 * WINDOW)
+        send(shifted, drifted * WINDOW)  # consecutive_windows: 2, so a webhook
         wait_until(lambda: receiver.state.unique_verified(), 30, what="a verified retraining webhook")
-        send(shifted, 3 * WINDOW)  # drift persists: a trigger suppressed by the cooldown
-        windows = 7
+        send(shifted, persisting * WINDOW)  # drift persists: a trigger suppressed by the cooldown
+        windows = stable + drifted + persisting
         wait_until(lambda: prom.value(f'driftline_windows_total{{monitor="{MONITOR}",status="evaluated"}}')
                    == windows, 30, what=f"Prometheus to scrape all {windows} windows")
         wait_until(lambda: prom.value(f'driftline_webhook_deliveries_total{{monitor="{MONITOR}",status="2xx"}}')
@@ -158,6 +159,15 @@ def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.Tem
                                       'outcome="suppressed_cooldown"}') == 1.0, 20, what="a suppressed trigger")
         wait_until(lambda: prom.api("query", query='ALERTS{alertname="DriftlineDatasetDriftPersistent"}')["result"],
                    20, what="the dataset drift alert to be pending")
+    except BaseException:
+        print(f"----- driftline log -----\n{svc.log()[-6000:]}")
+        if prom.log_path.exists():
+            print(f"----- prometheus log -----\n{prom.log_path.read_text()[-3000:]}")
+        prom.stop()
+        svc.stop()
+        receiver.stop()
+        raise
+    try:
         yield Live(prom, svc, receiver, started, time.time())
     finally:
         prom.stop()
