@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from driftline.service.config import KafkaSettings
@@ -24,12 +24,16 @@ from kafka.structs import OffsetAndMetadata
 log = logging.getLogger("driftline.collectors.kafka")
 
 
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    value: bytes | None
+@dataclass
+class Polled:
+    """One poll's records, column by column (no object per record on the hot path)."""
+
+    values: list[bytes | None] = field(default_factory=list)
+    timestamps_ms: list[int | None] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after its last record
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]) -> dict[str, Any]:
@@ -127,26 +131,30 @@ class KafkaSource:
             return dict(self._lag)
 
     # -- polling -----------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 500) -> list[Record]:
+    def poll(self, timeout_ms: int = 500, timestamps: bool = True) -> Polled:
+        """The next records; their creation/append timestamps too when asked for."""
+        out = Polled()
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms)
         except KafkaError as exc:
             log.warning("poll failed: %s", exc)
-            return []
+            return out
         self._last_poll_ok = time.monotonic()
-        out: list[Record] = []
         for tp, records in batches.items():
-            for r in records:
-                out.append(Record(tp.partition, r.offset, r.timestamp if r.timestamp_type != -1 else None, r.value))
+            if not records:
+                continue
+            out.values.extend([r.value for r in records])
+            if timestamps:
+                out.timestamps_ms.extend([r.timestamp if r.timestamp_type != -1 else None for r in records])
+            out.next_offsets[tp.partition] = records[-1].offset + 1
         return out
 
-    def mark_processed(self, records: list[Record]) -> None:
+    def mark_processed(self, polled: Polled) -> None:
         """These records are accounted for: their offsets may be committed."""
         with self._lock:
-            for r in records:
-                if r.offset + 1 > self._processed.get(r.partition, -1):
-                    self._processed[r.partition] = r.offset + 1
-        self.refresh_lag()
+            for partition, offset in polled.next_offsets.items():
+                if offset > self._processed.get(partition, -1):
+                    self._processed[partition] = offset
 
     def refresh_lag(self) -> None:
         lag = {}

@@ -62,10 +62,10 @@ class ConsumerLoop(threading.Thread):
         last_lag = 0.0
         try:
             while not self._stop_event.is_set():
-                records = source.poll(timeout_ms=500)
-                if records:
-                    self.monitor.consume_batch(records)
-                    source.mark_processed(records)
+                polled = source.poll(timeout_ms=500, timestamps=self.monitor.needs_record_timestamps)
+                if polled:
+                    self.monitor.consume_batch(polled.values, polled.timestamps_ms or None)
+                    source.mark_processed(polled)
                 if time.monotonic() - last_lag > 1.0:
                     source.refresh_lag()
                     last_lag = time.monotonic()

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from driftline.collectors.events import EventDecoder, InvalidEvent
-from driftline.collectors.kafka import Record
+import numpy as np
+from driftline.collectors.events import EventDecoder
 
 from .config import MonitorSettings
 from .drift import ColumnKind, get_method
@@ -133,34 +133,30 @@ class Monitor:
         return self.source_ready()
 
     # -- ingest (consumer thread) ----------------------------------------------------------
-    def consume_batch(self, records: list[Record]) -> None:
+    def consume_batch(self, values: list[bytes | None], timestamps_ms: list[int | None] | None = None) -> None:
+        """Decode, validate and account for one poll's records."""
         now = self._clock()
-        latencies: list[float] = []
-        lags: list[float] = []
-        decode, add = self.decoder.decode, self.windows.add
-        late = 0
-        for r in records:
-            try:
-                ev = decode(r.value, r.timestamp_ms, now)
-            except InvalidEvent as exc:
-                self._count_invalid(exc.reason)
-                continue
-            if not add(ev.features, ev.event_time, ev.prediction, ev.model_version):
-                late += 1
-            if ev.latency_seconds is not None:
-                latencies.append(ev.latency_seconds)
-            lags.append(now - ev.event_time)
-        self._consumed.inc(len(records))
+        batch = self.decoder.decode_batch(values, timestamps_ms, now)
+        for reason, n in batch.invalid.items():
+            self._count_invalid(reason, n)
+        late = self.windows.add_batch(batch)
+        self._consumed.inc(len(values))
         if late:
             self._late.inc(late)
-        self.serving_latency.observe_many(latencies)
-        self.event_lag.observe_many(lags)
+        if batch.latency is not None:
+            present = batch.latency[~np.isnan(batch.latency)]
+            self.serving_latency.observe_many(present)
+        self.event_lag.observe_many(now - batch.event_time)
 
-    def _count_invalid(self, reason: str) -> None:
+    @property
+    def needs_record_timestamps(self) -> bool:
+        return self.settings.event.event_time is None
+
+    def _count_invalid(self, reason: str, n: int = 1) -> None:
         counter = self._invalid.get(reason)
         if counter is None:
             counter = self._invalid[reason] = self._metrics.events_invalid.labels(self.name, reason)
-        counter.inc()
+        counter.inc(n)
 
     # -- evaluation (scheduler thread) ---------------------------------------------------------
     def evaluate_due(self) -> list[WindowResult]:

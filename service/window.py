@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from driftline.collectors.events import MISSING, DecodedBatch
 
 from .drift import ColumnKind, ColumnSample
 
@@ -32,13 +33,33 @@ DEFAULT_BUDGET = 100_000
 class NumericalValues:
     """Every value up to `budget`, then a uniform reservoir sample of `budget` values."""
 
-    __slots__ = ("_rng", "budget", "seen", "values")
+    __slots__ = ("_np_rng", "_rng", "budget", "seen", "values")
 
     def __init__(self, budget: int = DEFAULT_BUDGET, seed: int | None = None) -> None:
         self.values = array("d")
         self.budget = budget
         self.seen = 0
         self._rng = random.Random(seed)
+        self._np_rng = np.random.default_rng(seed)
+
+    def add_many(self, xs: np.ndarray) -> None:
+        """Add values in order; the same sample law as calling `add` for each."""
+        room = self.budget - len(self.values)
+        if room > 0:
+            head = xs[:room]
+            self.values.frombytes(np.ascontiguousarray(head, dtype=np.float64).tobytes())
+            self.seen += head.size
+            xs = xs[room:]
+        if xs.size == 0:
+            return
+        # Algorithm R for the k-th value overall: replace a uniform slot of [0, k) if it is
+        # within the budget. numpy assigns repeated indices in order, last write winning,
+        # which is the sequential algorithm's outcome.
+        k = self.seen + np.arange(1, xs.size + 1, dtype=np.int64)
+        slot = self._np_rng.integers(0, k)
+        keep = slot < self.budget
+        np.frombuffer(self.values, dtype=np.float64)[slot[keep]] = xs[keep]
+        self.seen += xs.size
 
     def add(self, x: float) -> None:
         self.seen += 1
@@ -131,6 +152,36 @@ class WindowProfile:
         if event_time > self.last_event_time:
             self.last_event_time = event_time
 
+    def add_batch(self, batch: DecodedBatch) -> None:
+        """Account for a decoded batch of events (all of this window)."""
+        if batch.size == 0:
+            return
+        self.events += batch.size
+        for i, col in batch.numerical.items():
+            present = ~np.isnan(col)
+            n_present = int(np.count_nonzero(present))
+            self.missing[i] += batch.size - n_present
+            self.numerical[i].add_many(col if n_present == batch.size else col[present])
+        for i, labels in batch.categorical.items():
+            counts = self.categorical[i]
+            counts.update(labels)
+            self.missing[i] += counts.pop(MISSING, 0)
+        if self._prediction is not None and batch.prediction is not None:
+            if isinstance(self._prediction, NumericalValues):
+                pred = np.asarray(batch.prediction)
+                present = ~np.isnan(pred)
+                self.prediction_missing += batch.size - int(np.count_nonzero(present))
+                self._prediction.add_many(pred[present])
+            else:
+                self._prediction.update(batch.prediction)
+                self.prediction_missing += self._prediction.pop(MISSING, 0)
+        if batch.model_version is not None:
+            self.model_versions.update(batch.model_version)
+            self.model_versions.pop(MISSING, None)  # type: ignore[call-overload]
+        lo, hi = float(batch.event_time.min()), float(batch.event_time.max())
+        self.first_event_time = min(self.first_event_time, lo)
+        self.last_event_time = max(self.last_event_time, hi)
+
     def merge(self, other: WindowProfile) -> None:
         if other.kinds != self.kinds:
             raise ValueError("cannot merge profiles of different features")
@@ -221,6 +272,42 @@ class TumblingWindows:
                 self._max_event_time = event_time
                 self._wall_at_max_event = self._clock()
             return True
+
+    def add_batch(self, batch: DecodedBatch) -> int:
+        """Account for a decoded batch; return how many events arrived after their window closed."""
+        if batch.size == 0:
+            return 0
+        with self._lock:
+            if self.kind == "count":
+                start = 0
+                while start < batch.size:
+                    w = self._open.get(self._count_index)
+                    if w is None:
+                        t0 = float(batch.event_time[start])
+                        w = self._open[self._count_index] = self._new(t0, t0)
+                    take = min(int(self.size) - w.events, batch.size - start)
+                    w.add_batch(batch.select(np.arange(start, start + take)))
+                    w.start, w.end = w.first_event_time, w.last_event_time
+                    start += take
+                    if w.events >= self.size:
+                        self._closed.append(self._open.pop(self._count_index))
+                        self._count_index += 1
+                return 0
+            index = np.floor(batch.event_time / self.size).astype(np.int64)
+            on_time = index > self._last_closed_index
+            late = batch.size - int(np.count_nonzero(on_time))
+            self.late_events += late
+            for i in np.unique(index[on_time]).tolist():
+                w = self._open.get(i)
+                if w is None:
+                    w = self._open[i] = self._new(i * self.size, (i + 1) * self.size)
+                rows = index == i
+                w.add_batch(batch if rows.all() else batch.select(rows))
+            newest = float(batch.event_time[on_time].max()) if late < batch.size else -math.inf
+            if newest > self._max_event_time:
+                self._max_event_time = newest
+                self._wall_at_max_event = self._clock()
+            return late
 
     def watermark(self) -> float:
         if self._max_event_time == -math.inf:

@@ -124,3 +124,128 @@ def test_any_input_is_an_event_or_a_named_reason(raw: bytes) -> None:
         assert isinstance(ev, Event)
         for v in ev.features:
             assert v is None or isinstance(v, str) or (isinstance(v, float) and v == v and abs(v) != float("inf"))
+
+
+# -- the batch path: the same events and reasons as decoding one record at a time ------------
+
+def _valid_event(draw: st.DrawFn) -> dict[str, Any]:
+    ev: dict[str, Any] = {"ts": draw(st.sampled_from([NOW - 10, NOW, int(NOW) - 3, NOW + 60]))}
+    user: dict[str, Any] = {}
+    if draw(st.booleans()):
+        user["age"] = draw(st.one_of(st.floats(-1e6, 1e6), st.integers(-100, 10**6)))
+    if draw(st.booleans()):
+        user["address"] = {"city": draw(st.sampled_from(["Lyon", "Paris", "Nice"]))}
+    if user:
+        ev["user"] = user
+    if draw(st.booleans()):
+        ev["s"] = draw(st.floats(-5, 5))
+    if draw(st.booleans()):
+        ev["out"] = {"p": draw(st.floats(0, 1))}
+    if draw(st.booleans()):
+        ev["lat"] = draw(st.floats(0, 500))
+    if draw(st.booleans()):
+        ev["model"] = {"v": draw(st.sampled_from(["m-1", "m-2"]))}
+    return ev
+
+
+@st.composite
+def record(draw: st.DrawFn) -> bytes | None:
+    ev = _valid_event(draw)
+    spoil = draw(st.sampled_from(["none"] * 6 + [
+        "null_feature", "string_number", "bool_number", "nan", "inf_literal", "big_int", "huge_float",
+        "unknown", "unknown_nested", "missing_ts", "bad_ts", "future_ts", "negative_latency", "int_label",
+        "not_object", "not_json", "bad_utf8", "bom", "tombstone", "oversized", "features_not_object",
+        "dup_key", "huge_int_label", "surrogate_escape", "huge_int_time", "float_int"]))
+    if spoil == "tombstone":
+        return None
+    raw_obj: Any = ev
+    if spoil == "null_feature":
+        ev["s"] = None
+    elif spoil == "string_number":
+        ev["s"] = "4.2"
+    elif spoil == "bool_number":
+        ev["s"] = True
+    elif spoil == "big_int":
+        ev["s"] = 10**400
+    elif spoil == "unknown":
+        ev["extra"] = 1
+    elif spoil == "unknown_nested":
+        ev.setdefault("user", {})["ssn"] = "x"
+    elif spoil == "missing_ts":
+        ev.pop("ts")
+    elif spoil == "bad_ts":
+        ev["ts"] = draw(st.sampled_from(["noon", -1, None, [1]]))
+    elif spoil == "future_ts":
+        ev["ts"] = NOW + 10_000
+    elif spoil == "negative_latency":
+        ev["lat"] = -3.0
+    elif spoil == "int_label":
+        ev["user"] = {"address": {"city": 75}}
+    elif spoil == "not_object":
+        raw_obj = [ev]
+    elif spoil == "features_not_object":
+        ev["user"] = 5
+    raw = json.dumps(raw_obj).encode()
+    if spoil == "nan":
+        raw = raw.replace(b'"ts"', b'"s": NaN, "ts"', 1)
+    elif spoil == "inf_literal":
+        raw = raw.replace(b'"ts"', b'"s": -Infinity, "ts"', 1)
+    elif spoil == "huge_float":
+        raw = raw.replace(b'"ts"', b'"s": 1e400, "ts"', 1)
+    elif spoil == "not_json":
+        raw = raw[: len(raw) // 2]
+    elif spoil == "bad_utf8":
+        raw = raw.replace(b"{", b'{"request_id": "\xed\xa0\x80", ', 1)
+    elif spoil == "bom":
+        raw = b"\xef\xbb\xbf" + raw
+    elif spoil == "oversized":
+        raw = raw.replace(b"{", b'{"request_id": "' + b"x" * 2100 + b'", ', 1)
+    elif spoil == "dup_key":
+        raw = raw.replace(b"{", b'{"s": "first", ', 1)  # the later value wins in both parsers
+    elif spoil == "huge_int_label":
+        raw = raw.replace(b"{", b'{"user": {"address": {"city": 123456789012345678901234567890}}, ', 1)
+    elif spoil == "surrogate_escape":
+        raw = raw.replace(b"{", b'{"user": {"address": {"city": "\\ud800"}}, ', 1)
+    elif spoil == "huge_int_time":
+        raw = raw.replace(b'"ts"', b'"ts": 123456789012345678901234567890, "x_ts"', 1)
+    elif spoil == "float_int":
+        raw = raw.replace(b"{", b'{"s": 123456789012345678901234567890, ', 1)
+    return raw
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (a != a and b != b) or a == b
+    return bool(a == b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(raws=st.lists(record(), max_size=40), ts=st.integers(0, 2))
+def test_batch_decoding_equals_decoding_each_record(raws: list[bytes | None], ts: int) -> None:
+    from collections import Counter
+
+    from driftline.collectors.events import MISSING
+
+    d = decoder() if ts else decoder(event_time=None)
+    stamps = [int((NOW - i) * 1000) for i in range(len(raws))] if ts == 2 else None
+    expected, reasons = [], Counter()
+    for i, raw in enumerate(raws):
+        try:
+            expected.append(d.decode(raw, stamps[i] if stamps else None, NOW))
+        except InvalidEvent as exc:
+            reasons[exc.reason] += 1
+    batch = d.decode_batch(raws, stamps, NOW)
+    assert batch.invalid == reasons
+    assert batch.size == len(expected)
+    for row, ev in enumerate(expected):
+        for i, value in enumerate(ev.features):
+            got = batch.numerical[i][row] if i in batch.numerical else batch.categorical[i][row]
+            got = None if got is MISSING or (isinstance(got, float) and got != got) else got
+            assert _same(got, value), (row, i, got, value)
+        assert batch.event_time[row] == pytest.approx(ev.event_time)
+        pred = batch.prediction[row]
+        assert _same(None if pred != pred else float(pred), ev.prediction)
+        lat = batch.latency[row]
+        assert _same(None if lat != lat else float(lat), ev.latency_seconds)
+        ver = batch.model_version[row]
+        assert (None if ver is MISSING else ver) == ev.model_version
