@@ -31,32 +31,40 @@ class MonitorSetupError(Exception):
     pass
 
 
-def feature_kinds(settings: MonitorSettings, reference: ReferenceProfile, index: int) -> dict[str, ColumnKind]:
-    """Each feature's kind: the config's where given, else the reference's; they must agree."""
+def feature_kinds(settings: MonitorSettings, reference: ReferenceProfile, index: int,
+                  at: Callable[[str], str] | None = None) -> dict[str, ColumnKind]:
+    """Each feature's kind: the config's where given, else the reference's; they must agree.
+
+    Errors name the field they are about, as `at` spells a field path such as
+    ``event.features.income.method`` (default: ``monitors[index].…``, the config's; the
+    offline command names its options instead)."""
+    at = at or (lambda path: f"monitors[{index}].{path}")
     kinds = {}
     for name, spec in settings.event.features.items():
         if name not in reference.columns:
             raise MonitorSetupError(
-                f"monitors[{index}].event.features.{name}: no column {name!r} in the reference profile "
+                f"{at(f'event.features.{name}')}: no column {name!r} in the reference profile "
                 f"{settings.reference.path} (it has {', '.join(sorted(reference.columns))})")
         ref_kind = reference.columns[name].kind
         if spec.type is not None and spec.type is not ref_kind:
             raise MonitorSetupError(
-                f"monitors[{index}].event.features.{name}.type: {spec.type.value}, but the reference profile "
+                f"{at(f'event.features.{name}.type')}: {spec.type.value}, but the reference profile "
                 f"holds it as {ref_kind.value}; rebuild the reference with --{spec.type.value} {name}")
         kinds[name] = ref_kind
-        _check_method(settings, index, f"event.features.{name}", spec.method, ref_kind)
+        _check_method(settings, index, f"event.features.{name}", spec.method, ref_kind, at)
     pred = settings.event.prediction
     if pred is not None:
         if pred.column not in reference.columns:
             raise MonitorSetupError(
-                f"monitors[{index}].event.prediction.column: no column {pred.column!r} in the reference profile")
-        _check_method(settings, index, "event.prediction", pred.method, reference.columns[pred.column].kind)
+                f"{at('event.prediction.column')}: no column {pred.column!r} in the reference profile")
+        _check_method(settings, index, "event.prediction", pred.method, reference.columns[pred.column].kind, at)
     return kinds
 
 
-def _check_method(settings: MonitorSettings, index: int, where: str, own: str | None, kind: ColumnKind) -> None:
+def _check_method(settings: MonitorSettings, index: int, where: str, own: str | None, kind: ColumnKind,
+                  at: Callable[[str], str] | None = None) -> None:
     """A configured method must accept the column's kind; name the field it came from."""
+    at = at or (lambda path: f"monitors[{index}].{path}")
     d = settings.drift
     by_kind = ("num_method", d.num_method) if kind is ColumnKind.NUMERICAL else ("cat_method", d.cat_method)
     for field, name in ((f"{where}.method", own), ("drift.method", d.method), (f"drift.{by_kind[0]}", by_kind[1])):
@@ -64,7 +72,7 @@ def _check_method(settings: MonitorSettings, index: int, where: str, own: str | 
             continue
         if not get_method(name).accepts(kind):
             accepted = " or ".join(sorted(k.value for k in get_method(name).kinds))
-            raise MonitorSetupError(f"monitors[{index}].{field}: {name} applies to {accepted} columns, and "
+            raise MonitorSetupError(f"{at(field)}: {name} applies to {accepted} columns, and "
                                     f"{where.split('.')[-1]} is {kind.value}")
         return
 
