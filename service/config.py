@@ -58,6 +58,14 @@ def _parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
 
 
+def format_duration(seconds: float) -> str:
+    """The shortest spelling: 300 -> '5m', 86400 -> '1d', 90 -> '90s', 0.5 -> '500ms'."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
 def _positive(value: float) -> float:
     if value <= 0:
         raise ValueError("must be greater than zero")
@@ -200,6 +208,30 @@ class WindowSettings(_Model):
     allowed_lateness: Seconds = 5.0
     min_events: int = Field(100, ge=1, description="fewer events: insufficient data, never alerts")
     evaluation_interval: PositiveSeconds = Field(1.0, description="how often closed windows are looked for")
+    horizons: list[PositiveSeconds] = Field(
+        default_factory=list, description="longer windows (multiples of size) built from the same buckets")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The `horizon` label of each window length evaluated: the buckets' first."""
+        if self.type == "count":
+            return (f"{int(self.size)} events",)
+        return tuple(format_duration(h) for h in (self.size, *self.horizons))
+
+    @model_validator(mode="after")
+    def _horizons_fit(self) -> WindowSettings:
+        if not self.horizons:
+            return self
+        if self.type != "time":
+            raise ValueError("horizons need time windows")
+        for h in self.horizons:
+            ratio = h / self.size
+            if ratio < 2 or abs(ratio - round(ratio)) > 1e-9:
+                raise ValueError(f"each horizon is a whole multiple (2 or more) of size {format_duration(self.size)}; "
+                                 f"{format_duration(h)} is not")
+        if len(set(self.horizons)) != len(self.horizons):
+            raise ValueError("a horizon is listed twice")
+        return self
 
     @field_validator("size", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ class FeatureDrift:
 @dataclass(frozen=True)
 class WindowResult:
     monitor: str
+    horizon: str  # the window's length, e.g. "5m": the bucket's own, or a longer horizon's
     status: WindowStatus
     window_start: float
     window_end: float
@@ -87,7 +88,7 @@ def _column_drift(name: str, kind: ColumnKind, ref: ColumnSample, cur: ColumnSam
 
 
 def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings: MonitorSettings,
-                    feature_names: tuple[str, ...]) -> WindowResult:
+                    feature_names: tuple[str, ...], horizon: str | None = None) -> WindowResult:
     started = time.perf_counter()
     enough = window.events >= settings.window.min_events
     drift = settings.drift
@@ -110,7 +111,8 @@ def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings
     share = sum(f.drifted for f in evaluated) / len(evaluated) if evaluated else 0.0
     status = WindowStatus.EVALUATED if enough else WindowStatus.INSUFFICIENT_DATA
     return WindowResult(
-        monitor=settings.name, status=status, window_start=window.start, window_end=window.end,
+        monitor=settings.name, horizon=horizon or settings.window.labels[0], status=status,
+        window_start=window.start, window_end=window.end,
         events=window.events, features=tuple(features), prediction=prediction, drift_share=share,
         drift_share_threshold=drift.drift_share,
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),

@@ -43,7 +43,8 @@ def feature_json(f: FeatureDrift) -> dict[str, Any]:
 def result_json(r: WindowResult | None) -> dict[str, Any] | None:
     if r is None:
         return None
-    return {"status": r.status.value, "window_start": r.window_start, "window_end": r.window_end,
+    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
+            "window_end": r.window_end,
             "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
             "drift_share_threshold": r.drift_share_threshold,
             "drifted_features": [f.feature for f in r.drifted_features],
@@ -61,7 +62,9 @@ def monitor_json(m: Monitor) -> dict[str, Any]:
             "open_window_events": m.open_window_events(),
             "consumer_lag": {str(p): lag for p, lag in m.consumer_lag().items()},
             "latest_window": result_json(m.latest_result()),
-            "latest_evaluated_window": result_json(m.latest_evaluated())}
+            "latest_evaluated_window": result_json(m.latest_evaluated()),
+            "horizons": {h: {"latest_window": result_json(m.latest_result(h)),
+                             "latest_evaluated_window": result_json(m.latest_evaluated(h))} for h in m.horizons}}
 
 
 class _Handler(BaseHTTPRequestHandler):

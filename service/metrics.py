@@ -70,8 +70,13 @@ class MonitorView(Protocol):
     event_lag: BatchHistogram
     evaluation_duration: BatchHistogram
 
-    def latest_result(self) -> WindowResult | None: ...
+    horizons: tuple[str, ...]
+
+    def latest_result(self, horizon: str | None = None) -> WindowResult | None: ...
+    has_prediction: bool
+
     def configured_method(self, feature: str) -> str: ...
+    def configured_prediction_method(self) -> str: ...
     def consumer_lag(self) -> dict[int, int]: ...
     def open_window_events(self) -> int: ...
     def reference_hash(self) -> str | None: ...
@@ -92,27 +97,9 @@ class MonitorCollector(Collector):
         hists = {name: HistogramMetricFamily(f"driftline_{name}", doc, labels=["monitor"])
                  for name, doc in _HISTOGRAMS}
         for m in self._monitors:
-            r = m.latest_result()
-            evaluated = r is not None and r.status is WindowStatus.EVALUATED
-            by_feature: dict[str, FeatureDrift] = {f.feature: f for f in r.features} if r else {}
-            for feat in m.feature_names:
-                f = by_feature.get(feat)
-                method = (f.method if f and f.method else m.configured_method(feat))
-                score = f.score if f and f.score is not None and evaluated else math.nan
-                g["feature_drift_score"].add_metric([m.name, feat, method], score)
-                g["feature_drift_detected"].add_metric([m.name, feat], float(bool(f and f.drifted)))
-                g["feature_missing_ratio"].add_metric([m.name, feat], f.missing_ratio if f else 0.0)
-            if r is not None and r.prediction is not None:
-                p = r.prediction
-                g["prediction_drift_score"].add_metric(
-                    [m.name, p.method or "none"], p.score if p.score is not None and evaluated else math.nan)
-                g["prediction_drift_detected"].add_metric([m.name], float(p.drifted))
-            g["dataset_drift_share"].add_metric([m.name], r.drift_share if evaluated and r else 0.0)
-            g["dataset_drift_detected"].add_metric([m.name], float(bool(r and r.dataset_drift)))
-            g["window_events"].add_metric([m.name], float(r.events) if r else 0.0)
-            g["window_insufficient_data"].add_metric([m.name], float(bool(r and not evaluated)))
+            for horizon in m.horizons:
+                self._collect_horizon(g, m, horizon, m.latest_result(horizon))
             g["open_window_events"].add_metric([m.name], float(m.open_window_events()))
-            g["last_evaluation_timestamp_seconds"].add_metric([m.name], r.evaluated_at if r else 0.0)
             g["monitor_ready"].add_metric([m.name], float(m.ready()))
             ref = m.reference_hash()
             if ref:
@@ -128,22 +115,50 @@ class MonitorCollector(Collector):
         yield from g.values()
         yield from hists.values()
 
+    @staticmethod
+    def _collect_horizon(g: dict[str, GaugeMetricFamily], m: MonitorView, horizon: str,
+                         r: WindowResult | None) -> None:
+        evaluated = r is not None and r.status is WindowStatus.EVALUATED
+        by_feature: dict[str, FeatureDrift] = {f.feature: f for f in r.features} if r else {}
+        for feat in m.feature_names:
+            f = by_feature.get(feat)
+            method = (f.method if f and f.method else m.configured_method(feat))
+            score = f.score if f and f.score is not None and evaluated else math.nan
+            g["feature_drift_score"].add_metric([m.name, feat, method, horizon], score)
+            g["feature_drift_detected"].add_metric([m.name, feat, horizon], float(bool(f and f.drifted)))
+            g["feature_missing_ratio"].add_metric([m.name, feat, horizon], f.missing_ratio if f else 0.0)
+        if m.has_prediction:
+            p = r.prediction if r is not None else None
+            method = p.method if p is not None and p.method else m.configured_prediction_method()
+            g["prediction_drift_score"].add_metric(
+                [m.name, method, horizon], p.score if p is not None and p.score is not None and evaluated else math.nan)
+            g["prediction_drift_detected"].add_metric([m.name, horizon], float(bool(p and p.drifted)))
+        g["dataset_drift_share"].add_metric([m.name, horizon], r.drift_share if evaluated and r else 0.0)
+        g["dataset_drift_detected"].add_metric([m.name, horizon], float(bool(r and r.dataset_drift)))
+        g["window_events"].add_metric([m.name, horizon], float(r.events) if r else 0.0)
+        g["window_insufficient_data"].add_metric([m.name, horizon], float(bool(r and not evaluated)))
+        g["last_evaluation_timestamp_seconds"].add_metric([m.name, horizon], r.evaluated_at if r else 0.0)
+
 
 _GAUGES = (
     ("feature_drift_score", "Drift score of a feature in the latest evaluated window (p-value or distance, "
-     "per the method)", ["monitor", "feature", "method"]),
-    ("feature_drift_detected", "1 if the feature drifted in the latest evaluated window", ["monitor", "feature"]),
-    ("feature_missing_ratio", "Share of the latest window's events without the feature", ["monitor", "feature"]),
-    ("prediction_drift_score", "Drift score of the model's prediction in the latest window", ["monitor", "method"]),
-    ("prediction_drift_detected", "1 if the prediction distribution drifted", ["monitor"]),
-    ("dataset_drift_share", "Share of features drifted in the latest evaluated window", ["monitor"]),
+     "per the method)", ["monitor", "feature", "method", "horizon"]),
+    ("feature_drift_detected", "1 if the feature drifted in the latest evaluated window",
+     ["monitor", "feature", "horizon"]),
+    ("feature_missing_ratio", "Share of the latest window's events without the feature",
+     ["monitor", "feature", "horizon"]),
+    ("prediction_drift_score", "Drift score of the model's prediction in the latest window",
+     ["monitor", "method", "horizon"]),
+    ("prediction_drift_detected", "1 if the prediction distribution drifted", ["monitor", "horizon"]),
+    ("dataset_drift_share", "Share of features drifted in the latest evaluated window", ["monitor", "horizon"]),
     ("dataset_drift_detected", "1 if the share of drifted features reached the monitor's drift_share",
-     ["monitor"]),
-    ("window_events", "Events in the latest closed window", ["monitor"]),
-    ("window_insufficient_data", "1 if the latest closed window had fewer events than min_events", ["monitor"]),
+     ["monitor", "horizon"]),
+    ("window_events", "Events in the latest closed window", ["monitor", "horizon"]),
+    ("window_insufficient_data", "1 if the latest closed window had fewer events than min_events",
+     ["monitor", "horizon"]),
     ("open_window_events", "Events accounted for in windows not yet closed", ["monitor"]),
     ("last_evaluation_timestamp_seconds", "Unix time of the latest window evaluation (0: none yet)",
-     ["monitor"]),
+     ["monitor", "horizon"]),
     ("monitor_ready", "1 if the reference is loaded and partitions are assigned", ["monitor"]),
     ("reference_info", "The reference profile in use, by content hash", ["monitor", "reference_hash"]),
     ("consumer_lag_messages", "Messages between the consumer position and the end of the partition",

@@ -93,12 +93,15 @@ class Monitor:
         self.decoder = EventDecoder(settings.event, kinds, self._prediction_kind)
         self.windows = TumblingWindows(
             kind=settings.window.type, size=settings.window.size, allowed_lateness=settings.window.allowed_lateness,
-            kinds=tuple(kinds[n] for n in self.feature_names), prediction_kind=self._prediction_kind, clock=clock)
+            kinds=tuple(kinds[n] for n in self.feature_names), prediction_kind=self._prediction_kind, clock=clock,
+            horizons=tuple(settings.window.horizons))
+        self.horizons = settings.window.labels
+        self._horizon_of = dict(zip((settings.window.size, *settings.window.horizons), self.horizons, strict=False))
         self.serving_latency = BatchHistogram(LATENCY_BUCKETS)
         self.event_lag = BatchHistogram(EVENT_LAG_BUCKETS)
         self.evaluation_duration = BatchHistogram(EVALUATION_BUCKETS)
-        self._latest: WindowResult | None = None
-        self._latest_evaluated: WindowResult | None = None
+        self._latest: dict[str, WindowResult] = {}  # per horizon
+        self._latest_evaluated: dict[str, WindowResult] = {}
         self._lock = threading.Lock()
         self._consumed = metrics.events_consumed.labels(self.name)
         self._late = metrics.events_late.labels(self.name)
@@ -107,22 +110,31 @@ class Monitor:
         self.source_lag: Callable[[], dict[int, int]] = dict
 
     # -- MonitorView (read at scrape time) ---------------------------------------------------
-    def latest_result(self) -> WindowResult | None:
+    def latest_result(self, horizon: str | None = None) -> WindowResult | None:
+        """The latest closed window of a horizon (default: the bucket's)."""
         with self._lock:
-            return self._latest
+            return self._latest.get(horizon or self.horizons[0])
 
-    def latest_evaluated(self) -> WindowResult | None:
+    def latest_evaluated(self, horizon: str | None = None) -> WindowResult | None:
         with self._lock:
-            return self._latest_evaluated
+            return self._latest_evaluated.get(horizon or self.horizons[0])
 
     def configured_method(self, feature: str) -> str:
-        spec = self.settings.event.features[feature]
-        d = self.settings.drift
-        kind = self.decoder_kind(feature)
-        return spec.method or d.method or (d.num_method if kind is ColumnKind.NUMERICAL else d.cat_method) or "auto"
+        """The method the config names for a feature, or "auto" (Evidently's choice)."""
+        return self._configured(self.settings.event.features[feature].method, self._reference.columns[feature].kind)
 
-    def decoder_kind(self, feature: str) -> ColumnKind:
-        return self._reference.columns[feature].kind
+    @property
+    def has_prediction(self) -> bool:
+        return self._prediction_kind is not None
+
+    def configured_prediction_method(self) -> str:
+        pred = self.settings.event.prediction
+        assert pred is not None and self._prediction_kind is not None
+        return self._configured(pred.method, self._prediction_kind)
+
+    def _configured(self, own: str | None, kind: ColumnKind) -> str:
+        d = self.settings.drift
+        return own or d.method or (d.num_method if kind is ColumnKind.NUMERICAL else d.cat_method) or "auto"
 
     def consumer_lag(self) -> dict[int, int]:
         return self.source_lag()
@@ -169,19 +181,21 @@ class Monitor:
     # -- evaluation (scheduler thread) ---------------------------------------------------------
     def evaluate_due(self) -> list[WindowResult]:
         results = []
-        for window in self.windows.close_due():
-            result = evaluate_window(window, self._reference, self.settings, self.feature_names)
+        for size, window in self.windows.close_due():
+            horizon = self._horizon_of[size]
+            result = evaluate_window(window, self._reference, self.settings, self.feature_names, horizon)
             self.evaluation_duration.observe(result.duration_seconds)
             self._metrics.windows.labels(self.name, result.status.value).inc()
             with self._lock:
-                self._latest = result
+                self._latest[horizon] = result
                 if result.status is WindowStatus.EVALUATED:
-                    self._latest_evaluated = result
+                    self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
-            log.info("monitor %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
-                     self.name, _fmt(result.window_start), _fmt(result.window_end), result.events,
+            log.info("monitor %s %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
+                     self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), result.events,
                      result.status.value, result.drift_share, drifted)
-            if self._trigger is not None:
+            # retraining follows the buckets; longer horizons inform, they do not trigger
+            if self._trigger is not None and horizon == self.horizons[0]:
                 outcome = self._trigger.observe(result)
                 if outcome is not None:
                     self._metrics.retrain_triggers.labels(self.name, outcome).inc()

@@ -71,22 +71,22 @@ class NumericalValues:
             self.values[j] = x
 
     def merge(self, other: NumericalValues) -> None:
-        if len(self.values) + len(other.values) <= self.budget and self.seen == len(self.values) \
-                and other.seen == len(other.values):
-            self.values.extend(other.values)
-            self.seen += other.seen
-            return
-        # Weighted merge of two uniform samples: draw each slot from either side in
-        # proportion to the number of values each side stands for.
+        """Become a uniform sample of the union of both sides' values."""
         total = self.seen + other.seen
-        a, b = list(self.values), list(other.values)
-        self._rng.shuffle(a)
-        self._rng.shuffle(b)
-        out = array("d")
-        while len(out) < min(self.budget, len(a) + len(b)):
-            pick_a = a and (not b or self._rng.random() < self.seen / total)
-            out.append(a.pop() if pick_a else b.pop())
-        self.values, self.seen = out, total
+        if len(self.values) + len(other.values) <= self.budget and self.exact and other.exact:
+            self.values.extend(other.values)
+            self.seen = total
+            return
+        # A uniform sample of the union takes from each side a hypergeometric share (the
+        # values each side stands for), drawn uniformly from that side's own sample.
+        size = min(self.budget, total)
+        from_self = int(self._np_rng.hypergeometric(self.seen, other.seen, size)) if other.seen else size
+        mine = np.frombuffer(self.values, dtype=np.float64)
+        theirs = np.frombuffer(other.values, dtype=np.float64)
+        merged = np.concatenate((self._np_rng.choice(mine, from_self, replace=False),
+                                 self._np_rng.choice(theirs, size - from_self, replace=False)))
+        self.values = array("d", merged.tobytes())
+        self.seen = total
 
     @property
     def exact(self) -> bool:
@@ -228,9 +228,14 @@ class TumblingWindows:
     """
 
     def __init__(self, *, kind: str, size: float, allowed_lateness: float, kinds: tuple[ColumnKind, ...],
-                 prediction_kind: ColumnKind | None, clock: Clock, budget: int = DEFAULT_BUDGET) -> None:
+                 prediction_kind: ColumnKind | None, clock: Clock, budget: int = DEFAULT_BUDGET,
+                 horizons: tuple[float, ...] = ()) -> None:
         if kind not in ("time", "count"):
             raise ValueError(f"unknown window type {kind!r}")
+        if horizons and kind != "time":
+            raise ValueError("horizons need time windows")
+        # horizon size -> the running merge of the closed buckets of its current period
+        self._horizons: dict[float, WindowProfile | None] = dict.fromkeys(horizons)
         self.kind, self.size, self.lateness = kind, size, allowed_lateness
         self._kinds, self._prediction_kind, self._budget = kinds, prediction_kind, budget
         self._clock = clock
@@ -314,15 +319,46 @@ class TumblingWindows:
             return -math.inf
         return self._max_event_time + max(0.0, self._clock() - self._wall_at_max_event)
 
-    def close_due(self) -> list[WindowProfile]:
-        """Windows that closed since the last call, oldest first."""
+    def close_due(self) -> list[tuple[float, WindowProfile]]:
+        """(horizon, window) of the windows that closed since the last call, oldest first.
+
+        The buckets (windows of `size`) come with horizon `size`; each longer horizon's
+        window is the merge of the buckets of its period, closed with its last bucket or
+        when the watermark passes its end."""
         with self._lock:
+            mark = -math.inf
             if self.kind == "time":
                 mark = self.watermark() - self.lateness
                 for index in sorted(i for i, w in self._open.items() if w.end <= mark):
                     self._closed.append(self._open.pop(index))
                     self._last_closed_index = max(self._last_closed_index, index)
-            closed, self._closed = self._closed, []
+            buckets, self._closed = self._closed, []
+            out: list[tuple[float, WindowProfile]] = []
+            for bucket in buckets:
+                out.append((self.size, bucket))
+                for horizon in self._horizons:
+                    out.extend((horizon, w) for w in self._roll(horizon, bucket))
+            for horizon, acc in self._horizons.items():
+                if acc is not None and acc.end <= mark:
+                    out.append((horizon, acc))
+                    self._horizons[horizon] = None
+        return out
+
+    def _roll(self, horizon: float, bucket: WindowProfile) -> list[WindowProfile]:
+        closed = []
+        acc = self._horizons[horizon]
+        period = math.floor(bucket.start / horizon + 1e-9)
+        if acc is not None and acc.start != period * horizon:
+            closed.append(acc)
+            acc = None
+        if acc is None:
+            acc = self._new(period * horizon, (period + 1) * horizon)
+        acc.merge(bucket)
+        acc.start, acc.end = period * horizon, (period + 1) * horizon
+        if bucket.end >= acc.end - 1e-9:
+            closed.append(acc)
+            acc = None
+        self._horizons[horizon] = acc
         return closed
 
     def open_events(self) -> int:

@@ -118,7 +118,11 @@ class ServiceProcess:
         return out
 
     def sample(self, name: str, **labels: str) -> float | None:
-        return self.samples().get((name, tuple(sorted(labels.items()))))
+        """The value of the one series of `name` whose labels include these (None if none)."""
+        want = set(labels.items())
+        found = [v for (n, lab), v in self.samples().items() if n == name and want <= set(lab)]
+        assert len(found) <= 1, f"{len(found)} series of {name} match {labels}"
+        return found[0] if found else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -232,3 +232,33 @@ def test_reference_reload_requires_the_bearer_token(services, tmp_path, broker, 
     new_hash = svc.monitor("credit-risk")["reference"]["content_hash"]
     assert new_hash != old_hash and new_hash == load_profile(ref).content_hash
     assert "s3cret-token" not in svc.log() and "s3cret-token" not in svc.metrics_text()
+
+
+def test_several_horizons_from_one_stream_are_labelled_in_metrics_and_the_api(
+        services, tmp_path, broker, topic, reference_path) -> None:
+    # A replayed backlog: event times an hour ago, 10 s buckets, 30 s and 60 s horizons.
+    start = (int(time.time()) // 60 - 60) * 60
+    conf = monitor_config("credit-risk", broker.bootstrap, topic, reference_path,
+                          window={"type": "time", "size": "10s", "allowed_lateness": "1s", "min_events": 50,
+                                  "horizons": ["30s", "1m"]})
+    svc = ServiceProcess(tmp_path, [conf])
+    services.append(svc)
+    svc.start()
+    events = TrafficModel(seed=31).events(1200)
+    for i, e in enumerate(events):
+        e["ts"] = start + i * 0.05  # 60 s of traffic, 20 events per second
+    events.append({**events[-1], "ts": start + 120.0})  # moves the watermark past every end
+    produce(broker.bootstrap, topic, encode(events))
+    wait_until(lambda: (svc.sample("driftline_window_events", monitor="credit-risk", horizon="1m") or 0) > 0, 60,
+               what="the 1m horizon's window")
+    m = svc.monitor("credit-risk")
+    assert set(m["horizons"]) == {"10s", "30s", "1m"}
+    minute = m["horizons"]["1m"]["latest_window"]
+    assert (minute["horizon"], minute["events"], minute["window_start"]) == ("1m", 1200, start)
+    half = m["horizons"]["30s"]["latest_window"]
+    assert (half["events"], half["window_start"]) == (600, start + 30)
+    assert m["latest_window"]["horizon"] == "10s" and m["latest_window"]["events"] == 200
+    for horizon in ("10s", "30s", "1m"):
+        assert svc.sample("driftline_dataset_drift_detected", monitor="credit-risk", horizon=horizon) == 0.0
+        assert svc.sample("driftline_feature_drift_detected", monitor="credit-risk", feature="income",
+                          horizon=horizon) == 0.0

@@ -64,7 +64,7 @@ class Windows:
         share = sum(f.drifted for f in evaluated) / len(evaluated) if evaluated else 0.0
         status = WindowStatus.INSUFFICIENT_DATA if drift is None else WindowStatus.EVALUATED
         return WindowResult(
-            monitor=MONITOR, status=status, window_start=start, window_end=start + WINDOW,
+            monitor=MONITOR, horizon="5m", status=status, window_start=start, window_end=start + WINDOW,
             events=events if drift is not None else 12, features=features, prediction=prediction,
             drift_share=share, drift_share_threshold=0.5, dataset_drift=bool(drift),
             model_versions=model_versions if model_versions is not None else {"v7": events},

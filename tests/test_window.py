@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from driftline.service.drift import ColumnKind
@@ -20,9 +22,15 @@ class FakeClock:
         return self.t
 
 
-def time_windows(clock: FakeClock, size: float = 60.0, lateness: float = 5.0) -> TumblingWindows:
+def time_windows(clock: FakeClock, size: float = 60.0, lateness: float = 5.0,
+                 horizons: tuple[float, ...] = ()) -> TumblingWindows:
     return TumblingWindows(kind="time", size=size, allowed_lateness=lateness, kinds=KINDS,
-                           prediction_kind=ColumnKind.NUMERICAL, clock=clock)
+                           prediction_kind=ColumnKind.NUMERICAL, clock=clock, horizons=horizons)
+
+
+def closed(w: TumblingWindows) -> list[WindowProfile]:
+    """The buckets that closed (horizon = the window size)."""
+    return [p for h, p in w.close_due() if h == w.size]
 
 
 def test_time_windows_are_aligned_and_close_after_the_lateness() -> None:
@@ -32,11 +40,11 @@ def test_time_windows_are_aligned_and_close_after_the_lateness() -> None:
         w.add((1.0, "a"), t, 0.5, "v1")
     clock.t = 1020.0
     w.add((2.0, "b"), 1021.0, 0.5, "v1")  # opens [1020, 1080)
-    assert w.close_due() == []  # watermark 1021 - 5 has not passed 1020
+    assert closed(w) == []  # watermark 1021 - 5 has not passed 1020
     clock.t = 1026.0
-    [closed] = w.close_due()  # watermark 1021 + 5 s of wall clock - 5 s lateness = 1021 >= 1020
-    assert (closed.start, closed.end, closed.events) == (960.0, 1020.0, 3)
-    assert closed.categorical[1] == {"a": 3} and closed.model_versions == {"v1": 3}
+    [first] = closed(w)  # watermark 1021 + 5 s of wall clock - 5 s lateness = 1021 >= 1020
+    assert (first.start, first.end, first.events) == (960.0, 1020.0, 3)
+    assert first.categorical[1] == {"a": 3} and first.model_versions == {"v1": 3}
     assert not w.add((3.0, "c"), 1000.0, None, None)  # its window has closed: late
     assert w.late_events == 1
 
@@ -46,9 +54,9 @@ def test_an_idle_stream_still_closes_its_last_window() -> None:
     w = time_windows(clock, size=10, lateness=2)
     w.add((1.0, "a"), 95.0, None, None)
     clock.t = 106.0
-    assert w.close_due() == []
+    assert closed(w) == []
     clock.t = 107.5  # no event since; the watermark follows the wall clock: 95 + 7.5 - 2 >= 100
-    assert [x.events for x in w.close_due()] == [1]
+    assert [x.events for x in closed(w)] == [1]
 
 
 def test_a_replayed_backlog_follows_event_time_not_the_wall_clock() -> None:
@@ -56,9 +64,9 @@ def test_a_replayed_backlog_follows_event_time_not_the_wall_clock() -> None:
     w = time_windows(clock, size=10, lateness=1)
     for t in range(100, 160):  # one event per second, an hour-old backlog read in one go
         w.add((float(t), "a"), float(t), None, None)
-    closed = w.close_due()
-    assert [c.start for c in closed] == [100.0, 110.0, 120.0, 130.0, 140.0]
-    assert all(c.events == 10 for c in closed)
+    done = closed(w)
+    assert [c.start for c in done] == [100.0, 110.0, 120.0, 130.0, 140.0]
+    assert all(c.events == 10 for c in done)
 
 
 def test_count_windows_hold_exactly_size_events() -> None:
@@ -66,9 +74,9 @@ def test_count_windows_hold_exactly_size_events() -> None:
                         clock=FakeClock(0))
     for i in range(8):
         w.add((float(i), "x"), 100.0 + i, None, None)
-    closed = w.close_due()
-    assert [c.events for c in closed] == [3, 3]
-    assert [list(c.numerical[0].values) for c in closed] == [[0, 1, 2], [3, 4, 5]]
+    done = closed(w)
+    assert [c.events for c in done] == [3, 3]
+    assert [list(c.numerical[0].values) for c in done] == [[0, 1, 2], [3, 4, 5]]
     assert w.open_events() == 2
 
 
@@ -122,3 +130,76 @@ def test_merging_two_reservoirs_weighs_each_side_by_what_it_saw() -> None:
     low.merge(high)
     assert low.seen == 40_000 and len(low.values) == 2000
     assert np.mean(np.frombuffer(low.values)) == pytest.approx(0.25, abs=0.04)
+
+
+def test_horizons_are_the_merge_of_their_buckets_without_rereading_events() -> None:
+    clock = FakeClock(0.0)
+    w = time_windows(clock, size=10, lateness=0, horizons=(30.0, 60.0))
+    rng = np.random.default_rng(4)
+    times = np.sort(rng.uniform(0, 119, 600))
+    for t in times:
+        clock.t = t
+        w.add((float(t), "a" if t < 60 else "b"), float(t), None, None)
+    clock.t = 200.0  # idle: the watermark passes every end
+    out = w.close_due()
+    by_h: dict[float, list[WindowProfile]] = {}
+    for h, p in out:
+        by_h.setdefault(h, []).append(p)
+    assert [(p.start, p.end) for p in by_h[30.0]] == [(0, 30), (30, 60), (60, 90), (90, 120)]
+    assert [(p.start, p.end) for p in by_h[60.0]] == [(0, 60), (60, 120)]
+    for h, windows in by_h.items():
+        for p in windows:
+            inside = times[(times >= p.start) & (times < p.end)]
+            assert p.events == inside.size, (h, p.start)
+            assert sorted(p.numerical[0].values) == pytest.approx(sorted(inside))
+    assert by_h[60.0][0].categorical[1] == {"a": int(np.sum(times < 60))}
+
+
+def test_a_horizon_with_a_gap_closes_when_the_next_period_starts_or_the_watermark_passes() -> None:
+    clock = FakeClock(0.0)
+    w = time_windows(clock, size=10, lateness=0, horizons=(60.0,))
+    for t in (5.0, 15.0):  # only the first two buckets of [0, 60) see traffic
+        clock.t = t
+        w.add((t, "a"), t, None, None)
+    clock.t = 61.0
+    w.add((61.0, "a"), 61.0, None, None)  # next period
+    clock.t = 75.0
+    hours = [p for h, p in w.close_due() if h == 60.0]
+    assert [(p.start, p.end, p.events) for p in hours] == [(0, 60, 2)]
+
+
+def test_horizon_settings_are_validated() -> None:
+    from driftline.service.config import WindowSettings
+    from pydantic import ValidationError
+
+    assert WindowSettings(type="time", size="5m", horizons=["1h", "1d"]).horizons == [3600.0, 86400.0]
+    for bad in (["7m"], ["5m"], ["1h", "1h"]):
+        with pytest.raises(ValidationError, match="horizon"):
+            WindowSettings(type="time", size="5m", horizons=bad)
+    with pytest.raises(ValidationError, match="horizons need time windows"):
+        WindowSettings(type="count", size=100, horizons=["1h"])
+
+
+def test_batch_and_single_event_paths_fill_the_same_profile() -> None:
+    from driftline.collectors.events import EventDecoder
+    from driftline.service.config import EventSchema
+
+    schema = EventSchema.model_validate({"features": {"x": {"path": "x"}, "c": {"path": "c"}},
+                                         "event_time": {"path": "ts"}})
+    d = EventDecoder(schema, {"x": ColumnKind.NUMERICAL, "c": ColumnKind.CATEGORICAL})
+    rng = np.random.default_rng(2)
+    raws = [json.dumps({"ts": 1000.0 + i, **({"x": float(rng.normal())} if i % 7 else {}),
+                        **({"c": f"v{i % 3}"} if i % 5 else {})}).encode() for i in range(500)]
+    clock = FakeClock(2000.0)
+    one = TumblingWindows(kind="time", size=100, allowed_lateness=0, kinds=KINDS, prediction_kind=None,
+                          clock=clock)
+    many = TumblingWindows(kind="time", size=100, allowed_lateness=0, kinds=KINDS, prediction_kind=None,
+                           clock=clock)
+    for raw in raws:
+        ev = d.decode(raw, None, 2000.0)
+        one.add(ev.features, ev.event_time, ev.prediction, ev.model_version)
+    many.add_batch(d.decode_batch(raws, None, 2000.0))
+    a, b = closed(one), closed(many)
+    assert [(p.start, p.events, p.missing, dict(p.categorical[1])) for p in a] == \
+        [(p.start, p.events, p.missing, dict(p.categorical[1])) for p in b]
+    assert [list(p.numerical[0].values) for p in a] == [list(p.numerical[0].values) for p in b]
