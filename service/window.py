@@ -28,6 +28,10 @@ from driftline.collectors.events import MISSING, DecodedBatch
 from .drift import ColumnKind, ColumnSample
 
 DEFAULT_BUDGET = 100_000
+# Distinct labels kept per categorical feature per window; beyond, the rarest are counted
+# together under OTHER_LABEL, so a feature of ever-new labels (ids) cannot grow memory.
+MAX_LABELS = 10_000
+OTHER_LABEL = "__other__"
 
 
 class NumericalValues:
@@ -166,6 +170,8 @@ class WindowProfile:
             counts = self.categorical[i]
             counts.update(labels)
             self.missing[i] += counts.pop(MISSING, 0)
+            if len(counts) > MAX_LABELS:
+                _fold_rare(counts)
         if self._prediction is not None and batch.prediction is not None:
             if isinstance(self._prediction, NumericalValues):
                 pred = np.asarray(batch.prediction)
@@ -191,6 +197,8 @@ class WindowProfile:
             self.numerical[i].merge(vals)
         for i, counts in other.categorical.items():
             self.categorical[i].update(counts)
+            if len(self.categorical[i]) > MAX_LABELS:
+                _fold_rare(self.categorical[i])
         if isinstance(self._prediction, NumericalValues) and isinstance(other._prediction, NumericalValues):
             self._prediction.merge(other._prediction)
         elif isinstance(self._prediction, Counter) and isinstance(other._prediction, Counter):
@@ -215,6 +223,14 @@ class WindowProfile:
         if isinstance(self._prediction, Counter):
             return ColumnSample.categorical(dict(self._prediction))
         return None
+
+
+def _fold_rare(counts: Counter[str]) -> None:
+    keep = dict(counts.most_common(MAX_LABELS - 1))
+    other = sum(counts.values()) - sum(keep.values())
+    counts.clear()
+    counts.update(keep)
+    counts[OTHER_LABEL] += other
 
 
 Clock = Callable[[], float]

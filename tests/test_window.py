@@ -203,3 +203,18 @@ def test_batch_and_single_event_paths_fill_the_same_profile() -> None:
     assert [(p.start, p.events, p.missing, dict(p.categorical[1])) for p in a] == \
         [(p.start, p.events, p.missing, dict(p.categorical[1])) for p in b]
     assert [list(p.numerical[0].values) for p in a] == [list(p.numerical[0].values) for p in b]
+
+
+def test_a_feature_of_ever_new_labels_cannot_grow_memory() -> None:
+    from driftline.collectors.events import DecodedBatch
+    from driftline.service.window import MAX_LABELS, OTHER_LABEL
+
+    p = WindowProfile(KINDS, 0, 1)
+    for b in range(6):
+        labels = ["common"] * 100 + [f"id-{b}-{i}" for i in range(5000)]
+        n = len(labels)
+        p.add_batch(DecodedBatch(n, {0: np.zeros(n)}, {1: labels}, np.zeros(n), None, None, None))
+    counts = p.categorical[1]
+    assert len(counts) <= MAX_LABELS
+    assert counts["common"] == 600 and sum(counts.values()) == 6 * 5100
+    assert counts[OTHER_LABEL] > 0
