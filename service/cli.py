@@ -1,4 +1,4 @@
-"""`driftline` command line: run, check, reference build."""
+"""`driftline` command line: run, check, reference build, evaluate."""
 
 from __future__ import annotations
 
@@ -105,6 +105,12 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .offline import run
+
+    return run(args)
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -131,6 +137,32 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--categorical", help="columns to treat as categorical, overriding the inferred type")
     build.add_argument("--quiet", action="store_true", help="no progress lines")
     build.set_defaults(func=_cmd_reference_build)
+
+    ev = sub.add_parser(
+        "evaluate", help="drift of a data file against a reference, as the service computes it",
+        description="Compare a data file (Parquet or CSV) with a reference, with the service's drift engine.",
+        epilog="exit codes: 0 evaluated (no dataset drift, or drift without --fail-on-drift); 1 an error, "
+               "named by its option; 2 a malformed command line; 3 dataset drift with --fail-on-drift")
+    ev.add_argument("--reference", required=True, type=Path,
+                    help="a .dlref profile, or training data (.parquet or .csv) profiled in memory")
+    ev.add_argument("--current", required=True, type=Path, help="the data to check, .parquet or .csv")
+    ev.add_argument("--columns", help="comma-separated columns to compare (default: every column in both files)")
+    ev.add_argument("--exclude", help="comma-separated columns to leave out")
+    ev.add_argument("--method", help="drift method for every column (default: Evidently's choice per column)")
+    ev.add_argument("--num-method", help="drift method for numerical columns")
+    ev.add_argument("--cat-method", help="drift method for categorical columns")
+    ev.add_argument("--threshold", help="threshold for every column (default: each method's own)")
+    ev.add_argument("--drift-share", default="0.5", help="the dataset drifts when this share of columns drifts "
+                                                         "(default 0.5)")
+    ev.add_argument("--per-column-method", metavar="COL=METHOD,...", help="a column's own method")
+    ev.add_argument("--per-column-threshold", metavar="COL=VALUE,...", help="a column's own threshold")
+    ev.add_argument("--numerical", help="columns to treat as numerical (reference given as data)")
+    ev.add_argument("--categorical", help="columns to treat as categorical (reference given as data)")
+    ev.add_argument("--prediction-column", help="the model's output: scored and reported apart, not in the share")
+    ev.add_argument("--format", default="table", help="table (default) or json")
+    ev.add_argument("--fail-on-drift", action="store_true", help="exit with 3 when the dataset drifts")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -1,0 +1,352 @@
+"""`driftline evaluate`: a whole file's drift against a reference, with the service's engine.
+
+The reference is a ``.dlref`` profile, or training data (Parquet or CSV) profiled in memory
+by `build_profile`. The current file is read batch by batch into one `WindowProfile` with
+room for every row (so every score is exact), and `evaluate_window` scores it under a
+`MonitorSettings` built from the options: the drift table is the one the service computes
+for a window holding the same rows. The option checks are the service's (`feature_kinds`),
+with each error naming the option it came from.
+
+Exit codes: 0 evaluated (no dataset drift, or drift without ``--fail-on-drift``), 1 an
+error (the message names the option), 3 dataset drift with ``--fail-on-drift``; argparse
+exits 2 on a malformed command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from driftline.collectors.events import MISSING, DecodedBatch
+from pydantic import ValidationError
+
+from .config import MonitorSettings
+from .drift import ColumnKind, UnknownMethodError, get_method
+from .evaluation import FeatureDrift, WindowResult, evaluate_window
+from .http import feature_json
+from .monitor import MonitorSetupError, feature_kinds
+from .reference import (
+    ReferenceError,
+    ReferenceProfile,
+    _batches,
+    build_profile,
+    category_label,
+    load_profile,
+)
+from .window import WindowProfile
+
+EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
+BATCH_ROWS = 250_000
+_DATA_SUFFIXES = {".parquet", ".pq", ".csv", ".gz", ".txt"}  # what reference._batches reads
+
+
+Progress = Callable[[str, int, int | None], None]
+
+
+class OfflineError(Exception):
+    """An input that cannot be evaluated; the message starts with the option at fault."""
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    result: WindowResult
+    reference: ReferenceProfile
+    reference_path: Path
+    current_path: Path
+    prediction_column: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {"reference": {"path": str(self.reference_path), "source": self.reference.source,
+                              "rows": self.reference.meta.get("rows")},
+                "current": {"path": str(self.current_path)},
+                "rows": r.events, "reference_hash": r.reference_hash,
+                "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
+                "drift_share_threshold": r.drift_share_threshold,
+                "drifted_features": [f.feature for f in r.drifted_features],
+                "features": [feature_json(f) for f in r.features],
+                "prediction": feature_json(r.prediction) if r.prediction else None}
+
+    def to_table(self) -> str:
+        r = self.result
+        ref_rows = self.reference.meta.get("rows")
+        lines = [f"reference  {self.reference_path}" + (f": {ref_rows:,} rows" if ref_rows else "")
+                 + f", {self.reference.content_hash}", f"current    {self.current_path}: {r.events:,} rows", ""]
+        rows = [("feature", "type", "method", "threshold", "score", "drifted", "values", "missing")]
+        rows += [_table_row(f) for f in r.features]
+        if r.prediction is not None:
+            rows.append(_table_row(r.prediction))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for n, row in enumerate(rows):  # text columns left-aligned, numbers right-aligned
+            if r.prediction is not None and n == len(rows) - 1:
+                lines += ["", "prediction (reported apart, not counted in the share):"]
+            lines.append("  ".join(c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        evaluated = sum(f.method is not None for f in r.features)
+        lines += ["", f"dataset drift: {'YES' if r.dataset_drift else 'no'}, {len(r.drifted_features)} of "
+                      f"{evaluated} features drifted (share {r.drift_share:.4g}, "
+                      f"drifts at {r.drift_share_threshold:g})"]
+        return "\n".join(lines)
+
+
+def _table_row(f: FeatureDrift) -> tuple[str, ...]:
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.10g}"
+
+    verdict = "no values" if f.method is None else ("YES" if f.drifted else "no")
+    return (f.feature, f.kind.value, f.method or "-", num(f.threshold), num(f.score), verdict,
+            f"{f.values:,}", f"{100 * f.missing_ratio:.1f}%")
+
+
+# -- reading files ------------------------------------------------------------------------
+
+def _is_data(path: Path) -> bool:
+    return path.suffix.lower() in _DATA_SUFFIXES
+
+
+def _column_names(path: Path, option: str) -> list[str]:
+    if not path.exists():
+        raise OfflineError(f"{option} {path}: no such file")
+    if not _is_data(path):
+        raise OfflineError(f"{option} {path}: expected a .parquet or .csv file")
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        return list(pd.read_csv(path, nrows=0).columns)
+    except Exception as exc:  # pyarrow and pandas raise many kinds for a file they cannot parse
+        raise OfflineError(f"{option} {path}: cannot read it: {exc}") from None
+
+
+def _load_reference(path: Path) -> tuple[ReferenceProfile | None, list[str]]:
+    """The profile when `path` is one (else None, to be built from the data), and its columns."""
+    if _is_data(path):
+        return None, _column_names(path, "--reference")
+    try:
+        profile = load_profile(path)
+    except ReferenceError as exc:
+        raise OfflineError(f"--reference {exc}") from None
+    return profile, list(profile.columns)
+
+
+def _batch(frame: pd.DataFrame, names: list[str], kinds: list[ColumnKind], pred: str | None,
+           pred_kind: ColumnKind | None, path: Path) -> DecodedBatch:
+    """A file's rows as the columns a decoded Kafka batch holds: numbers with NaN where
+    missing (±inf too, as in the reference), labels spelled as the reference spells them."""
+    def column(name: str, kind: ColumnKind) -> np.ndarray | list[Any]:
+        series = frame[name]
+        if kind is ColumnKind.NUMERICAL:
+            try:
+                arr = pd.to_numeric(series, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise OfflineError(f"--current {path}: column {name!r} holds non-numeric values, and the "
+                                   "reference holds it as numerical") from None
+            return np.where(np.isfinite(arr), arr, np.nan)
+        codes, uniques = pd.factorize(series)  # missing values get code -1: the last label, MISSING
+        labels = np.array([*(category_label(u) for u in uniques), MISSING], dtype=object)
+        return labels[codes].tolist()  # type: ignore[no-any-return]
+
+    n = len(frame)
+    cols = {i: column(name, kind) for i, (name, kind) in enumerate(zip(names, kinds, strict=True))}
+    return DecodedBatch(
+        size=n, numerical={i: c for i, c in cols.items() if isinstance(c, np.ndarray)},
+        categorical={i: c for i, c in cols.items() if isinstance(c, list)}, event_time=np.zeros(n),
+        prediction=column(pred, pred_kind) if pred and pred_kind else None, latency=None, model_version=None)
+
+
+# -- the evaluation -----------------------------------------------------------------------
+
+def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None = None,
+                   exclude: list[str] | None = None, method: str | None = None, num_method: str | None = None,
+                   cat_method: str | None = None, threshold: float | None = None, drift_share: float = 0.5,
+                   per_column_method: dict[str, str] | None = None,
+                   per_column_threshold: dict[str, float] | None = None,
+                   types: dict[str, ColumnKind] | None = None, prediction_column: str | None = None,
+                   batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> OfflineResult:
+    """The service's drift table for `current` against `reference`; OfflineError on bad input.
+
+    `progress(file, rows, total)` is called after each batch read (file: "reference" or "current")."""
+    col_methods, col_thresholds, types = per_column_method or {}, per_column_threshold or {}, types or {}
+    for option, name in [("--method", method), ("--num-method", num_method), ("--cat-method", cat_method),
+                         *((f"--per-column-method {c}", m) for c, m in col_methods.items())]:
+        try:
+            if name is not None:
+                get_method(name)
+        except UnknownMethodError as exc:
+            raise OfflineError(f"{option}: {exc}") from None
+    cur_names = _column_names(current, "--current")
+    profile, ref_names = _load_reference(reference)
+    pred = prediction_column
+    features = _select(columns, exclude or [], ref_names, cur_names, pred, reference, current)
+    compared = [*features, *([pred] if pred else [])]
+    for option, keys in (("--per-column-method", col_methods), ("--per-column-threshold", col_thresholds),
+                         ("--numerical/--categorical", types)):
+        for c in keys:
+            if c not in ref_names and c not in cur_names:
+                raise OfflineError(f"{option}: no column {c!r} in --reference {reference} or --current {current}")
+    # a column left out of the comparison (--columns, --exclude) keeps no option
+    col_methods, col_thresholds, types = ({c: v for c, v in d.items() if c in compared}
+                                          for d in (col_methods, col_thresholds, types))
+    if profile is None:
+        try:
+            profile = build_profile(reference, columns=compared, kinds=types, batch_rows=batch_rows,
+                                    progress=progress and (lambda rows, total: progress("reference", rows, total)))
+        except ReferenceError as exc:
+            raise OfflineError(f"--reference {exc}") from None
+    elif pred in types and types[pred] is not profile.columns[pred].kind:
+        raise OfflineError(f"--{types[pred].value} {pred}: the reference profile holds it as "
+                           f"{profile.columns[pred].kind.value}; rebuild the reference with --{types[pred].value}")
+    settings = _settings(reference, features, method, num_method, cat_method, threshold, drift_share,
+                         col_methods, col_thresholds, types, pred)
+
+    def at(path: str) -> str:  # a config field, as the option that set it
+        if path.startswith("drift."):
+            return "--" + path.removeprefix("drift.").replace("_", "-")
+        if path.startswith("event.prediction"):
+            return f"--per-column-method {pred}" if path.endswith(".method") else "--prediction-column"
+        name = path.removeprefix("event.features.")
+        if name in settings.event.features:
+            return f"--columns {name}"
+        if name.endswith(".type"):
+            return f"--{types[name[:-5]].value} {name[:-5]}"
+        return f"--per-column-method {name.removesuffix('.method')}"
+
+    try:
+        kinds = feature_kinds(settings, profile, 0, at)
+    except MonitorSetupError as exc:
+        raise OfflineError(str(exc)) from None
+    pred_kind = profile.columns[pred].kind if pred else None
+    names = list(features)
+    try:
+        _, batches, total = _batches(current, [*names, *([pred] if pred else [])], batch_rows)
+        # budget: room for every row, so no value is ever sampled away
+        window = WindowProfile(tuple(kinds[n] for n in names), 0.0, 0.0, budget=max(total or sys.maxsize, 1),
+                               prediction_kind=pred_kind)
+        for frame in batches:
+            window.add_batch(_batch(frame, names, [kinds[n] for n in names], pred, pred_kind, current))
+            if progress:
+                progress("current", window.events, total)
+    except ReferenceError as exc:
+        raise OfflineError(f"--current {exc}") from None
+    except (ValueError, OSError) as exc:  # a malformed CSV row, an unreadable Parquet page
+        raise OfflineError(f"--current {current}: cannot read it: {exc}") from None
+    if window.events == 0:
+        raise OfflineError(f"--current {current}: no rows")
+    result = evaluate_window(window, profile, settings, tuple(names))
+    if result.prediction is not None and pred:
+        result = dataclasses.replace(result, prediction=dataclasses.replace(result.prediction, feature=pred))
+    return OfflineResult(result, profile, reference, current, pred)
+
+
+def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str], cur_names: list[str],
+            pred: str | None, reference: Path, current: Path) -> list[str]:
+    def check(option: str, name: str) -> None:
+        for names, option_file, path in ((ref_names, "--reference", reference), (cur_names, "--current", current)):
+            if name not in names:
+                raise OfflineError(f"{option}: no column {name!r} in {option_file} {path} "
+                                   f"(it has {', '.join(names)})")
+
+    if pred:
+        check("--prediction-column", pred)
+    for name in exclude:
+        if name not in ref_names and name not in cur_names:
+            raise OfflineError(f"--exclude: no column {name!r} in --reference {reference} or --current {current}")
+    for name in columns or []:
+        check("--columns", name)
+    chosen = columns if columns else [c for c in ref_names if c in cur_names]
+    features = [c for c in dict.fromkeys(chosen) if c not in exclude and c != pred]
+    if not features:
+        raise OfflineError(f"--columns: no column to compare (--reference {reference} has {', '.join(ref_names)}; "
+                           f"--current {current} has {', '.join(cur_names)})")
+    return features
+
+
+def _settings(reference: Path, features: list[str], method: str | None, num_method: str | None,
+              cat_method: str | None, threshold: float | None, drift_share: float, col_methods: dict[str, str],
+              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None) -> MonitorSettings:
+    """A monitor's settings for one file; where events would come from is inert (never used)."""
+    def spec(name: str, **extra: Any) -> dict[str, Any]:
+        return {"method": col_methods.get(name), "threshold": col_thresholds.get(name), **extra}
+
+    conf = {"name": "offline",
+            "kafka": {"bootstrap_servers": ["offline.invalid:9"], "topic": "offline", "group_id": "offline"},
+            "reference": {"path": str(reference)},
+            "event": {"features": {n: spec(n, path=f"c{i}", type=types.get(n)) for i, n in enumerate(features)},
+                      "prediction": spec(pred, path="prediction", column=pred) if pred else None},
+            "window": {"type": "count", "size": 1, "min_events": 1},
+            "drift": {"method": method, "num_method": num_method, "cat_method": cat_method,
+                      "threshold": threshold, "drift_share": drift_share}}
+    try:
+        return MonitorSettings.model_validate(conf)
+    except ValidationError as exc:  # the options are checked before; this names what slipped through
+        raise OfflineError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+
+
+# -- the command --------------------------------------------------------------------------
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _number(option: str, text: str, ok: Callable[[float], bool] = math.isfinite, expected: str = "a number") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not ok(value):
+        raise OfflineError(f"{option}: expected {expected}, got {text!r}")
+    return value
+
+
+def _pairs(option: str, text: str | None) -> dict[str, str]:
+    out = {}
+    for item in _split(text):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise OfflineError(f"{option}: expected column=value[,column=value...], got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _print_progress(what: str, rows: int, total: int | None) -> None:
+    share = f" ({100 * rows / total:.0f}%)" if total else ""
+    print(f"  {what}: read {rows:,}{f' of {total:,}' if total else ''} rows{share}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`driftline evaluate`; prints the table or JSON on stdout, errors on stderr."""
+    try:
+        if args.format not in ("table", "json"):
+            raise OfflineError(f"--format: expected table or json, got {args.format!r}")
+        types = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
+        both = sorted(set(types) & set(_split(args.categorical)))
+        if both:
+            raise OfflineError(f"--numerical/--categorical: {', '.join(both)} given as both")
+        types.update({c: ColumnKind.CATEGORICAL for c in _split(args.categorical)})
+        thresholds = {c: _number(f"--per-column-threshold {c}", v)
+                      for c, v in _pairs("--per-column-threshold", args.per_column_threshold).items()}
+        show = None if args.quiet else _print_progress
+        out = evaluate_files(
+            args.reference, args.current, columns=_split(args.columns) or None, exclude=_split(args.exclude),
+            method=args.method, num_method=args.num_method, cat_method=args.cat_method,
+            threshold=None if args.threshold is None else _number("--threshold", args.threshold),
+            drift_share=_number("--drift-share", args.drift_share, lambda x: 0 < x <= 1,
+                                "a share greater than 0 and at most 1"),
+            per_column_method=_pairs("--per-column-method", args.per_column_method),
+            per_column_threshold=thresholds, types=types, prediction_column=args.prediction_column,
+            progress=show)
+    except OfflineError as exc:
+        print(f"driftline evaluate: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(out.to_json(), indent=2) if args.format == "json" else out.to_table())
+    return EXIT_DRIFT if args.fail_on_drift and out.result.dataset_drift else EXIT_OK
