@@ -15,7 +15,6 @@ window when traffic stops.
 from __future__ import annotations
 
 import math
-import random
 import threading
 from array import array
 from collections import Counter
@@ -37,13 +36,12 @@ OTHER_LABEL = "__other__"
 class NumericalValues:
     """Every value up to `budget`, then a uniform reservoir sample of `budget` values."""
 
-    __slots__ = ("_np_rng", "_rng", "budget", "seen", "values")
+    __slots__ = ("_np_rng", "budget", "seen", "values")
 
     def __init__(self, budget: int = DEFAULT_BUDGET, seed: int | None = None) -> None:
         self.values = array("d")
         self.budget = budget
         self.seen = 0
-        self._rng = random.Random(seed)
         self._np_rng = np.random.default_rng(seed)
 
     def add_many(self, xs: np.ndarray) -> None:
@@ -66,13 +64,7 @@ class NumericalValues:
         self.seen += xs.size
 
     def add(self, x: float) -> None:
-        self.seen += 1
-        if len(self.values) < self.budget:
-            self.values.append(x)
-            return
-        j = self._rng.randrange(self.seen)
-        if j < self.budget:
-            self.values[j] = x
+        self.add_many(np.array([x], dtype=np.float64))
 
     def merge(self, other: NumericalValues) -> None:
         """Become a uniform sample of the union of both sides' values."""
@@ -133,28 +125,8 @@ class WindowProfile:
 
     def add(self, features: Sequence[float | str | None], event_time: float,
             prediction: float | str | None, model_version: str | None) -> None:
-        self.events += 1
-        numerical, categorical, missing = self.numerical, self.categorical, self.missing
-        for i, value in enumerate(features):
-            if value is None:
-                missing[i] += 1
-            elif i in numerical:
-                numerical[i].add(value)  # type: ignore[arg-type]
-            else:
-                categorical[i][value] += 1  # type: ignore[index]
-        if self._prediction is not None:
-            if prediction is None:
-                self.prediction_missing += 1
-            elif isinstance(self._prediction, NumericalValues):
-                self._prediction.add(prediction)  # type: ignore[arg-type]
-            else:
-                self._prediction[prediction] += 1  # type: ignore[index]
-        if model_version is not None:
-            self.model_versions[model_version] += 1
-        if event_time < self.first_event_time:
-            self.first_event_time = event_time
-        if event_time > self.last_event_time:
-            self.last_event_time = event_time
+        """Account for one event (None: missing); the batch path does the work."""
+        self.add_batch(one_event(self.kinds, self.prediction_kind, features, event_time, prediction, model_version))
 
     def add_batch(self, batch: DecodedBatch) -> None:
         """Account for a decoded batch of events (all of this window)."""
@@ -225,6 +197,27 @@ class WindowProfile:
         return None
 
 
+def one_event(kinds: tuple[ColumnKind, ...], prediction_kind: ColumnKind | None,
+              features: Sequence[float | str | None], event_time: float, prediction: float | str | None,
+              model_version: str | None) -> DecodedBatch:
+    """A batch of one event, features given in the decoder's form (None: missing)."""
+    def num(v: float | str | None) -> np.ndarray:
+        return np.array([math.nan if v is None else v], dtype=np.float64)
+
+    def label(v: float | str | None) -> list[object]:
+        return [MISSING if v is None else v]
+
+    pred: np.ndarray | list[object] | None = None
+    if prediction_kind is ColumnKind.NUMERICAL:
+        pred = num(prediction)
+    elif prediction_kind is ColumnKind.CATEGORICAL:
+        pred = label(prediction)
+    return DecodedBatch(
+        1, {i: num(v) for i, (k, v) in enumerate(zip(kinds, features, strict=True)) if k is ColumnKind.NUMERICAL},
+        {i: label(v) for i, (k, v) in enumerate(zip(kinds, features, strict=True)) if k is ColumnKind.CATEGORICAL},
+        np.array([event_time]), pred, None, label(model_version))
+
+
 def _fold_rare(counts: Counter[str]) -> None:
     keep = dict(counts.most_common(MAX_LABELS - 1))
     other = sum(counts.values()) - sum(keep.values())
@@ -270,29 +263,8 @@ class TumblingWindows:
     def add(self, features: Sequence[float | str | None], event_time: float,
             prediction: float | str | None, model_version: str | None) -> bool:
         """Account for one event; False if it arrived after its window had closed."""
-        with self._lock:
-            if self.kind == "count":
-                w = self._open.get(self._count_index)
-                if w is None:
-                    w = self._open[self._count_index] = self._new(event_time, event_time)
-                w.add(features, event_time, prediction, model_version)
-                w.start, w.end = w.first_event_time, w.last_event_time
-                if w.events >= self.size:
-                    self._closed.append(self._open.pop(self._count_index))
-                    self._count_index += 1
-                return True
-            index = math.floor(event_time / self.size)
-            if index <= self._last_closed_index:
-                self.late_events += 1
-                return False
-            w = self._open.get(index)
-            if w is None:
-                w = self._open[index] = self._new(index * self.size, (index + 1) * self.size)
-            w.add(features, event_time, prediction, model_version)
-            if event_time > self._max_event_time:
-                self._max_event_time = event_time
-                self._wall_at_max_event = self._clock()
-            return True
+        batch = one_event(self._kinds, self._prediction_kind, features, event_time, prediction, model_version)
+        return self.add_batch(batch) == 0
 
     def add_batch(self, batch: DecodedBatch) -> int:
         """Account for a decoded batch; return how many events arrived after their window closed."""
