@@ -126,6 +126,23 @@ def test_each_alert_is_actionable(rule: dict[str, Any]) -> None:
         assert "$labels.feature" in ann["summary"] and "$labels.feature" in ann["description"]
     if rule["alert"] == "DriftlineDatasetDriftPersistent":  # it names the drifted features
         assert ".Labels.feature" in ann["summary"] and ".Labels.feature" in ann["description"]
+    if rule["alert"] in ("DriftlineDatasetDriftPersistent", "DriftlineFeatureDriftPersistent"):
+        # one alert per horizon (window length) that drifts: the summary says which, and the
+        # queries in the annotations stay on that horizon
+        assert "$labels.horizon" in ann["summary"]
+        queries = re.findall(r'printf "([^"]*(?:\\"[^"]*)*)"', ann["summary"] + ann["description"])
+        queries = [q for q in queries if "driftline_" in q]  # not the number formats
+        assert queries and all("horizon=%q" in q for q in queries), queries
+
+
+def test_pipeline_alerts_do_not_split_by_horizon() -> None:
+    """A 1d horizon evaluates once a day and every horizon repeats a missing feature: freshness
+    and missing-feature alerts aggregate the horizons away, so they fire once per monitor
+    (per feature) and never for a long horizon that is merely slow."""
+    rules = {r["alert"]: r for r in alert_rules()}
+    for name in ("DriftlineEvaluationStale", "DriftlineFeatureMissing"):
+        assert "max by (job, instance, monitor" in rules[name]["expr"], name
+        assert "horizon" not in rules[name]["annotations"]["summary"], name
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])

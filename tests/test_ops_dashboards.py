@@ -104,6 +104,30 @@ def test_overview_shows_what_the_issue_asks() -> None:
     assert all('monitor=~"$monitor"' in e for e in exprs(d))
 
 
+HORIZON_METRICS = ("driftline_feature_drift_score", "driftline_feature_drift_detected",
+                   "driftline_feature_missing_ratio", "driftline_prediction_drift_score",
+                   "driftline_prediction_drift_detected", "driftline_dataset_drift_share",
+                   "driftline_dataset_drift_detected", "driftline_window_events",
+                   "driftline_window_insufficient_data", "driftline_last_evaluation_timestamp_seconds")
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_horizon_labelled_metrics_are_filtered_by_the_horizon_variable(path: Path) -> None:
+    """With several horizons per monitor (window.horizons) every drift series comes once per
+    horizon: each selector of such a metric filters on $horizon, and the variable lists the
+    selected monitors' horizons."""
+    d = load(path)
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    horizon = variables["horizon"]
+    assert horizon["multi"] and horizon["includeAll"]
+    assert horizon["definition"].startswith("label_values(driftline_dataset_drift_detected{monitor=")
+    assert "$monitor" in horizon["definition"] and horizon["definition"].endswith(", horizon)")
+    for e in exprs(d):
+        for metric, selector in re.findall(r"(driftline_[a-z_]+)(\{[^}]*\})?", e):
+            if metric in HORIZON_METRICS:
+                assert 'horizon=~"$horizon"' in selector, f"{metric} without the horizon filter in {e}"
+
+
 def test_monitor_view_shows_what_the_issue_asks() -> None:
     d = by_uid()["driftline-monitor"]
     variables = {v["name"]: v for v in d["templating"]["list"]}

@@ -1,9 +1,11 @@
 """The dashboards and alert rules against a real stack: a real Prometheus (Debian's
 `prometheus`, started here on 127.0.0.1) scrapes the real `driftline run` process, fed by the
-real broker with traffic that drifts and a retraining webhook that gets delivered.
+real broker with traffic that drifts and a retraining webhook that gets delivered. The monitor
+has 10 s time windows and a 30 s horizon, so every drift series comes once per horizon.
 
 Every panel query of every dashboard in dashboards/, with its template variables substituted
-as Grafana does, goes through Prometheus's HTTP API and must be valid and return data. The
+as Grafana does (all horizons, and each one alone), goes through Prometheus's HTTP API and must
+be valid and return data. The
 alert rules of deploy/prometheus/ are loaded into the same Prometheus and must evaluate
 cleanly on the live series; `promtool check metrics` must have nothing to say about /metrics.
 """
@@ -39,9 +41,40 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 RULES = ROOT / "deploy" / "prometheus" / "driftline-alerts.yml"
 MONITOR = "credit-risk"
-WINDOW = 500
+WINDOW = 500  # events per bucket
+BUCKET, HORIZON, LATENESS = 10, 30, 1  # seconds: time windows (buckets) and one longer horizon
+HORIZONS = ["10s", "30s"]  # their `horizon` labels
 SCRAPE_SECONDS = 1
 MALFORMED = [b"{not json", b"[1, 2]", b'{"ts": 1, "features": {"age": "forty"}}', b"\xff\xfe"]
+
+
+class Replay:
+    """Traffic laid out in event time, one bucket of WINDOW events after another, so windows close
+    by event time whatever the wall clock does (README "Windows": the watermark follows event
+    time while a backlog is replayed). Event times start a little under two minutes ago, so the
+    event lag stays below DriftlineEventLagHigh's threshold."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.t = math.ceil((time.time() - 100) / HORIZON) * HORIZON  # a horizon's start
+        self.sent_at = time.time()
+
+    def send(self, model: TrafficModel, buckets: int) -> None:
+        for _ in range(buckets):
+            events = model.events(WINDOW)
+            for i, e in enumerate(events):
+                e["ts"] = self.t + i * BUCKET / WINDOW
+            for half in (events[:WINDOW // 2], events[WINDOW // 2:]):  # rates show in several scrapes
+                produce(self.bootstrap, self.topic, encode(half))
+                time.sleep(0.5)
+            self.t += BUCKET
+            self.sent_at = time.time()
+
+    def skip_to_next_horizon(self) -> None:
+        """After a pause, the watermark has moved on with the wall clock: start again at the next
+        horizon's start past it, so nothing sent next is late and the open horizon closes as it is."""
+        watermark = self.t + (time.time() - self.sent_at) + LATENESS + 1
+        self.t = math.ceil(watermark / HORIZON) * HORIZON
 
 
 class Prometheus:
@@ -120,14 +153,16 @@ class Live:
 @pytest.fixture(scope="module")
 def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """driftline + Prometheus, after stable traffic, malformed records, then drift that persists
-    long enough for one verified retraining webhook."""
+    long enough for one verified retraining webhook: buckets 0-2 stable (the first 30 s horizon),
+    3-4 drifted (the second), then 3 drifted buckets (the third)."""
     workdir = tmp_path_factory.mktemp("live")
     topic = f"serving-{uuid.uuid4().hex[:10]}"
     broker.create_topic(topic, partitions=1)
     secret = new_webhook_secret()
     receiver = WebhookReceiver(secret).start()
     conf = monitor_config(MONITOR, broker.bootstrap, topic, reference_path,
-                          window={"type": "count", "size": WINDOW, "min_events": 200})
+                          window={"type": "time", "size": f"{BUCKET}s", "allowed_lateness": f"{LATENESS}s",
+                                  "min_events": 200, "horizons": [f"{HORIZON}s"]})
     conf["retrain"] = {"webhook_url": receiver.url, "secret_env": "TEST_WEBHOOK_SECRET", "consecutive_windows": 2,
                        "cooldown": "1h", "initial_backoff": 0.2}
     svc = ServiceProcess(workdir, [conf], {"TEST_WEBHOOK_SECRET": secret})
@@ -138,27 +173,24 @@ def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.Tem
         prom.start()
         wait_until(lambda: prom.value('up{job="driftline"}') == 1.0, 30, what="the first scrape of driftline")
 
-        def send(model: TrafficModel, n: int, chunk: int = 250) -> None:
-            for _ in range(n // chunk):  # in chunks, so rates show up in several scrapes
-                produce(broker.bootstrap, topic, encode(model.events(chunk)))
-                time.sleep(0.5)
-
-        stable, drifted, persisting = 2, 2, 3  # windows
-        send(TrafficModel(seed=31), stable * WINDOW)
+        replay = Replay(broker.bootstrap, topic)
+        stable, drifted, persisting = 3, 2, 3  # buckets
+        replay.send(TrafficModel(seed=31), stable)
         produce(broker.bootstrap, topic, MALFORMED)
         shifted = TrafficModel(seed=32, shift=DEFAULT_SHIFT)
-        send(shifted, drifted * WINDOW)  # consecutive_windows: 2, so a webhook
+        replay.send(shifted, drifted)  # consecutive_windows: 2, so a webhook
         wait_until(lambda: receiver.state.unique_verified(), 30, what="a verified retraining webhook")
-        send(shifted, persisting * WINDOW)  # drift persists: a trigger suppressed by the cooldown
-        windows = stable + drifted + persisting
+        replay.skip_to_next_horizon()
+        replay.send(shifted, persisting)  # drift persists: a trigger suppressed by the cooldown
+        windows = stable + drifted + persisting + 3  # and three 30 s horizons (retraining ignores them)
         wait_until(lambda: prom.value(f'driftline_windows_total{{monitor="{MONITOR}",status="evaluated"}}')
                    == windows, 30, what=f"Prometheus to scrape all {windows} windows")
         wait_until(lambda: prom.value(f'driftline_webhook_deliveries_total{{monitor="{MONITOR}",status="2xx"}}')
                    == 1.0, 20, what="Prometheus to scrape the delivery")
         wait_until(lambda: prom.value(f'driftline_retrain_triggers_total{{monitor="{MONITOR}",'
                                       'outcome="suppressed_cooldown"}') == 1.0, 20, what="a suppressed trigger")
-        wait_until(lambda: prom.api("query", query='ALERTS{alertname="DriftlineDatasetDriftPersistent"}')["result"],
-                   20, what="the dataset drift alert to be pending")
+        wait_until(lambda: len(prom.api("query", query='ALERTS{alertname="DriftlineDatasetDriftPersistent"}')["result"])
+                   == len(HORIZONS), 20, what="the dataset drift alert of each horizon to be pending")
     except BaseException:
         print(f"----- driftline log -----\n{svc.log()[-6000:]}")
         if prom.log_path.exists():
@@ -222,15 +254,18 @@ def label_values(live: Live, definition: str, variables: dict[str, str]) -> list
                                 start=live.start, end=live.end))
 
 
-def dashboard_variables(live: Live, dashboard: dict[str, Any], feature_choice: list[str] | None) -> dict[str, str]:
-    """Resolve the dashboard's variables in order (a later query may use an earlier variable)."""
+def dashboard_variables(live: Live, dashboard: dict[str, Any], choices: dict[str, list[str]] | None = None
+                        ) -> dict[str, str]:
+    """Resolve the dashboard's variables in order (a later query may use an earlier variable):
+    the values in `choices`, all of them (All) for the others."""
     resolved = grafana_intervals(live.start, live.end)
     for name, var in variables_of(dashboard).items():
         if var["type"] == "datasource":
             continue
         options = label_values(live, var["definition"], resolved)
         assert options, f"variable {name}: {var['definition']} has no values"
-        chosen = feature_choice if (name == "feature" and feature_choice) else options
+        chosen = (choices or {}).get(name) or options
+        assert set(chosen) <= set(options), f"variable {name}: {chosen} not among {options}"
         resolved[name] = variable_value(chosen, var.get("multi", False) or var.get("includeAll", False))
     return resolved
 
@@ -255,13 +290,14 @@ def test_the_dashboards_exist_and_have_queries() -> None:
         assert sum(len(p.get("targets", [])) for p in panels(load(path))) >= 10, path.name
 
 
-@pytest.mark.parametrize(("path", "feature_choice"), [
-    *((p, None) for p in DASHBOARDS),
-    (ROOT / "dashboards" / "driftline-monitor.json", ["income"]),
-], ids=lambda v: v.stem if isinstance(v, Path) else ("one-feature" if v else "all"))
-def test_every_panel_query_is_valid_and_returns_data(live: Live, path: Path, feature_choice: list[str] | None) -> None:
+@pytest.mark.parametrize(("path", "choices"), [
+    *((p, {}) for p in DASHBOARDS),
+    *((p, {"horizon": [h]}) for p in DASHBOARDS for h in HORIZONS),
+    (ROOT / "dashboards" / "driftline-monitor.json", {"feature": ["income"], "horizon": [HORIZONS[-1]]}),
+], ids=lambda v: v.stem if isinstance(v, Path) else ("-".join(f"{k}={'|'.join(c)}" for k, c in v.items()) or "all"))
+def test_every_panel_query_is_valid_and_returns_data(live: Live, path: Path, choices: dict[str, list[str]]) -> None:
     dashboard = load(path)
-    variables = dashboard_variables(live, dashboard, feature_choice)
+    variables = dashboard_variables(live, dashboard, choices)
     empty, checked = [], 0
     for panel in panels(dashboard):
         assert panel.get("targets"), f"panel {panel['title']!r} has no query"
@@ -281,6 +317,7 @@ def test_template_variables_list_the_monitor_and_its_features(live: Live) -> Non
         vars_ = variables_of(dashboard)
         assert vars_["datasource"]["query"] == "prometheus"
         assert label_values(live, vars_["monitor"]["definition"], {}) == [MONITOR]
+        assert label_values(live, vars_["horizon"]["definition"], {"monitor": MONITOR}) == sorted(HORIZONS)
     monitor_dash = load(ROOT / "dashboards" / "driftline-monitor.json")
     feature = variables_of(monitor_dash)["feature"]
     assert label_values(live, feature["definition"], {"monitor": MONITOR}) == sorted(FEATURES)
@@ -288,20 +325,30 @@ def test_template_variables_list_the_monitor_and_its_features(live: Live) -> Non
 
 def test_panels_show_the_drift_that_happened(live: Live) -> None:
     """The panels do not just return something: they show the shifted features, the drifted
-    monitor and the delivered webhook."""
+    monitor (once, however many of its horizons drift) and the delivered webhook."""
     dashboard = load(ROOT / "dashboards" / "driftline-monitor.json")
-    variables = dashboard_variables(live, dashboard, None)
+    variables = dashboard_variables(live, dashboard)
     by_title = {p["title"]: p for p in panels(dashboard)}
 
-    def instant(title: str, ref: str = "A") -> list[dict[str, Any]]:
+    def instant(title: str, ref: str = "A", **choices: list[str]) -> list[dict[str, Any]]:
         [t] = [t for t in by_title[title]["targets"] if t["refId"] == ref]
-        return run_target(live, substitute(t["expr"], variables), instant=True)
+        chosen = dashboard_variables(live, dashboard, choices) if choices else variables
+        return run_target(live, substitute(t["expr"], chosen), instant=True)
 
-    verdicts = {s["metric"]["feature"]: float(s["value"][1]) for s in instant("Drift verdict per feature")}
-    assert {f for f, v in verdicts.items() if v == 1.0} == set(DEFAULT_SHIFT)
-    assert set(verdicts) == set(FEATURES)
-    assert float(instant("Dataset drift")[0]["value"][1]) == 1.0
-    assert float(instant("Drift share")[0]["value"][1]) == pytest.approx(len(DEFAULT_SHIFT) / len(FEATURES))
+    for horizon in HORIZONS:  # the latest window of each horizon drifted in the shifted features
+        verdicts = {s["metric"]["feature"]: float(s["value"][1])
+                    for s in instant("Drift verdict per feature", horizon=[horizon])}
+        assert {f for f, v in verdicts.items() if v == 1.0} == set(DEFAULT_SHIFT), horizon
+        assert set(verdicts) == set(FEATURES)
+        [drift] = instant("Dataset drift", horizon=[horizon])
+        assert drift["metric"] == {"horizon": horizon} and float(drift["value"][1]) == 1.0
+        [share] = instant("Drift share", horizon=[horizon])
+        assert float(share["value"][1]) == pytest.approx(len(DEFAULT_SHIFT) / len(FEATURES))
+    # all horizons at once: one series per horizon, never mixed
+    assert sorted(s["metric"]["horizon"] for s in instant("Dataset drift")) == sorted(HORIZONS)
+    assert len(instant("Drift verdict per feature")) == len(FEATURES) * len(HORIZONS)
+    events = {s["metric"]["horizon"]: float(s["value"][1]) for s in instant("Events in latest window")}
+    assert events == {"10s": WINDOW, "30s": 3 * WINDOW}
     windows = {s["metric"]["status"]: float(s["value"][1]) for s in instant("Windows closed")}
     assert windows["evaluated"] >= 6
     deliveries = live.prom.api("query_range", query=substitute(
@@ -314,7 +361,7 @@ def test_panels_show_the_drift_that_happened(live: Live) -> None:
     assert {"invalid_json", "not_an_object", "wrong_type", "invalid_encoding"} <= invalid
 
     overview = load(ROOT / "dashboards" / "driftline-overview.json")
-    ov_vars = dashboard_variables(live, overview, None)
+    ov_vars = dashboard_variables(live, overview)
     [drifting] = [p for p in panels(overview) if p["title"] == "Monitors drifting now"]
     assert float(run_target(live, substitute(drifting["targets"][0]["expr"], ov_vars), True)[0]["value"][1]) == 1.0
 
@@ -338,18 +385,21 @@ def test_alert_rules_evaluate_on_the_live_series(live: Live) -> None:
     broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not broken, broken
     alerts = live.prom.api("alerts")["alerts"]
-    active = {(a["labels"]["alertname"], a["labels"].get("feature")) for a in alerts}
-    # Drift that has lasted seconds is pending (for: 15m), never firing; nothing else is wrong.
-    assert active == {("DriftlineDatasetDriftPersistent", None),
-                      *(("DriftlineFeatureDriftPersistent", f) for f in DEFAULT_SHIFT)}, active
+    active = {(a["labels"]["alertname"], a["labels"].get("feature"), a["labels"].get("horizon")) for a in alerts}
+    # Drift that has lasted seconds is pending (for: 15m), never firing, once per horizon; nothing
+    # else is wrong (in particular no freshness alert from the 30 s horizon evaluating less often).
+    assert active == {*(("DriftlineDatasetDriftPersistent", None, h) for h in HORIZONS),
+                      *(("DriftlineFeatureDriftPersistent", f, h) for f in DEFAULT_SHIFT for h in HORIZONS)}, active
     assert {a["state"] for a in alerts} == {"pending"}
     for a in alerts:
         assert a["labels"]["monitor"] == MONITOR and a["labels"]["job"] == "driftline"
         assert a["labels"]["instance"] == f"127.0.0.1:{live.svc.port}"
-    [dataset] = [a for a in alerts if a["labels"]["alertname"] == "DriftlineDatasetDriftPersistent"]
-    assert f"({', '.join(sorted(DEFAULT_SHIFT))})" in dataset["annotations"]["summary"]
-    for feature in DEFAULT_SHIFT:
-        assert feature in dataset["annotations"]["description"]
+    for dataset in [a for a in alerts if a["labels"]["alertname"] == "DriftlineDatasetDriftPersistent"]:
+        summary, description = dataset["annotations"]["summary"], dataset["annotations"]["description"]
+        # each names its own horizon's drifted features, once each
+        assert summary.endswith(f"in its {dataset['labels']['horizon']} windows ({', '.join(sorted(DEFAULT_SHIFT))})")
+        for feature in DEFAULT_SHIFT:
+            assert len(re.findall(rf"\b{feature} \(", description)) == 1, description
 
 
 def test_promtool_check_metrics_on_live_metrics_reports_nothing(live: Live) -> None:
