@@ -162,12 +162,16 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
         driftline_alert("DriftlineDatasetDriftPersistent", "critical", "driftline-a:9108", monitor="credit-risk"),
         driftline_alert("DriftlineNoEvents", "warning", "driftline-a:9108", monitor="credit-risk"),
         # another instance, up: its drift pages, grouped with its missing feature
-        driftline_alert("DriftlineDatasetDriftPersistent", "critical", "driftline-b:9108", monitor="fraud"),
+        driftline_alert("DriftlineDatasetDriftPersistent", "critical", "driftline-b:9108", monitor="fraud",
+                        horizon="5m"),
         driftline_alert("DriftlineFeatureMissing", "critical", "driftline-b:9108", monitor="fraud",
                         feature="device_type"),
-        # a per-feature drift of a monitor whose whole dataset drifts: inhibited
+        # a per-feature drift of a monitor whose whole dataset drifts in the same horizon: inhibited
         driftline_alert("DriftlineFeatureDriftPersistent", "warning", "driftline-b:9108", monitor="fraud",
-                        feature="amount"),
+                        feature="amount", horizon="5m"),
+        # the same feature drifting in another horizon is news: a ticket
+        driftline_alert("DriftlineFeatureDriftPersistent", "warning", "driftline-b:9108", monitor="fraud",
+                        feature="amount", horizon="1d"),
         # a warning of a third monitor: a ticket
         driftline_alert("DriftlineEventLagHigh", "warning", "driftline-b:9108", monitor="churn"),
     ]
@@ -178,16 +182,17 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
 
     def states() -> dict[tuple[str, str], str]:
         body = _get(url + "/api/v2/alerts")
-        return {(a["labels"]["alertname"], a["labels"].get("monitor", "")): a["status"]["state"]
-                for a in json.loads(body or b"[]")}
+        return {(a["labels"]["alertname"], a["labels"].get("monitor", ""), a["labels"].get("horizon", "")):
+                a["status"]["state"] for a in json.loads(body or b"[]")}
 
-    expected = {("DriftlineDown", ""): "active",
-                ("DriftlineDatasetDriftPersistent", "credit-risk"): "suppressed",
-                ("DriftlineNoEvents", "credit-risk"): "suppressed",
-                ("DriftlineDatasetDriftPersistent", "fraud"): "active",
-                ("DriftlineFeatureMissing", "fraud"): "active",
-                ("DriftlineFeatureDriftPersistent", "fraud"): "suppressed",
-                ("DriftlineEventLagHigh", "churn"): "active"}
+    expected = {("DriftlineDown", "", ""): "active",
+                ("DriftlineDatasetDriftPersistent", "credit-risk", ""): "suppressed",
+                ("DriftlineNoEvents", "credit-risk", ""): "suppressed",
+                ("DriftlineDatasetDriftPersistent", "fraud", "5m"): "active",
+                ("DriftlineFeatureMissing", "fraud", ""): "active",
+                ("DriftlineFeatureDriftPersistent", "fraud", "5m"): "suppressed",
+                ("DriftlineFeatureDriftPersistent", "fraud", "1d"): "active",
+                ("DriftlineEventLagHigh", "churn", ""): "active"}
     wait_until(lambda: states() == expected, 20, what="the inhibitions to apply")
 
     def notified() -> dict[tuple[str, str], set[str]]:
@@ -199,6 +204,7 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
 
     want = {("pager", ""): {"DriftlineDown"},
             ("pager", "fraud"): {"DriftlineDatasetDriftPersistent", "DriftlineFeatureMissing"},
+            ("tickets", "fraud"): {"DriftlineFeatureDriftPersistent"},
             ("tickets", "churn"): {"DriftlineEventLagHigh"}}
     wait_until(lambda: notified() == want, 30, what="the notifications")
     time.sleep(1.5)  # nothing else arrives: the inhibited alerts are never notified
