@@ -15,19 +15,24 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # promtool, amtool, prometheus and prometheus-alertmanager for the ops tests (tests/test_ops_*.py),
-# from Debian's packages; installed only where missing. Without apt-get it says what is missing.
-OPS_TOOLS := prometheus promtool prometheus-alertmanager amtool
+# and stunnel (TLS in front of the local broker, tests/test_security.py), from Debian's packages;
+# each package is installed only where its binary is missing. Without apt-get it says what is missing.
+# Pairs of binary:package.
+OPS_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+	amtool:prometheus-alertmanager stunnel4:stunnel4
 ops-tools:
-	@missing=""; for t in $(OPS_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; pkgs=""; for t in $(OPS_TOOLS); do bin=$${t%%:*}; pkg=$${t#*:}; \
+		command -v $$bin >/dev/null && continue; missing="$$missing $$bin"; \
+		case " $$pkgs " in *" $$pkg "*) ;; *) pkgs="$$pkgs $$pkg";; esac; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
-		echo "ops-tools: missing$$missing and no apt-get here: install Debian's prometheus and prometheus-alertmanager"; \
+		echo "ops-tools: missing$$missing and no apt-get here: install Debian's$$pkgs"; \
 		exit 0; fi; \
-	echo "ops-tools: installing prometheus prometheus-alertmanager (missing:$$missing)"; \
+	echo "ops-tools: installing$$pkgs (missing:$$missing)"; \
 	SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	$$SUDO apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager \
-		|| echo "ops-tools: could not install prometheus prometheus-alertmanager (missing:$$missing)"
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkgs \
+		|| echo "ops-tools: could not install$$pkgs (missing:$$missing)"
 
 test: $(STAMP) ops-tools
 	DO_NOT_TRACK=1 $(PY) -m pytest $(PYTEST_ARGS)
