@@ -115,6 +115,10 @@ class KafkaSettings(_Model):
     ssl_keyfile: Path | None = None
     ssl_password_env: EnvName | None = None
     ssl_check_hostname: bool = True
+    # With SSL/SASL_SSL, each bootstrap server's TLS handshake must complete within this
+    # before the consumer starts (collectors/kafka.py, KafkaSource): kafka-python puts no
+    # deadline on the handshake itself.
+    connect_timeout: PositiveSeconds = 5.0
     # Tansu (and some brokers) can stall a consumer-group join until the rebalance
     # timeout; a modest poll interval bounds that (PRODUCT.md).
     max_poll_interval: PositiveSeconds = 10.0
