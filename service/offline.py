@@ -81,7 +81,8 @@ class OfflineResult:
         ref_rows = self.reference.meta.get("rows")
         lines = [f"reference  {self.reference_path}" + (f": {ref_rows:,} rows" if ref_rows else "")
                  + f", {self.reference.content_hash}", f"current    {self.current_path}: {r.events:,} rows", ""]
-        rows = [("feature", "type", "method", "threshold", "score", "drifted", "values", "missing")]
+        rows: list[tuple[str, ...]] = [("feature", "type", "method", "threshold", "score", "drifted", "values",
+                                        "missing")]
         rows += [_table_row(f) for f in r.features]
         if r.prediction is not None:
             rows.append(_table_row(r.prediction))
@@ -195,8 +196,9 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
             if c not in ref_names and c not in cur_names:
                 raise OfflineError(f"{option}: no column {c!r} in --reference {reference} or --current {current}")
     # a column left out of the comparison (--columns, --exclude) keeps no option
-    col_methods, col_thresholds, types = ({c: v for c, v in d.items() if c in compared}
-                                          for d in (col_methods, col_thresholds, types))
+    col_methods = {c: v for c, v in col_methods.items() if c in compared}
+    col_thresholds = {c: v for c, v in col_thresholds.items() if c in compared}
+    types = {c: v for c, v in (types or {}).items() if c in compared}
     if profile is None:
         try:
             profile = build_profile(reference, columns=compared, kinds=types, batch_rows=batch_rows,

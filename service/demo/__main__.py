@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for proc in procs:
                 if proc.poll() is not None:
-                    say(f"a process exited unexpectedly ({proc.args[3]}, code {proc.returncode}); stopping")
+                    say(f"a process exited unexpectedly ({' '.join(map(str, proc.args))}, "  # type: ignore[arg-type]
+                        f"code {proc.returncode}); stopping")
                     return 1
             line = status_line(api)
             waiting = line is not None and line.startswith("waiting")

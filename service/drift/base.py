@@ -180,9 +180,10 @@ def ranks_in(ref: ColumnSample, cur: ColumnSample) -> np.ndarray:
     window: the default-method choice and the rank-based methods all need it)."""
     cache = cur.cache()
     hit = cache.get("ranks_in")
-    if hit is None or hit[0] is not ref:
+    if not (isinstance(hit, tuple) and hit[0] is ref):
         hit = cache["ranks_in"] = (ref, np.searchsorted(ref.sorted, cur.uniques, side="right"))
-    return hit[1]  # type: ignore[no-any-return]
+    ranks: np.ndarray = hit[1]
+    return ranks
 
 
 def combined_nunique(ref: ColumnSample, cur: ColumnSample) -> int:

@@ -93,7 +93,8 @@ def _prefix_sums(ref: ColumnSample) -> tuple[float, np.ndarray, np.ndarray]:
         hi = exact.astype(np.float64)
         lo = (exact - hi.astype(np.longdouble)).astype(np.float64)
         cache["prefix_sums"] = (center, hi, lo)
-    return cache["prefix_sums"]  # type: ignore[no-any-return]
+    center, hi, lo = cache["prefix_sums"]  # type: ignore[misc]
+    return float(center), hi, lo
 
 
 def wasserstein_distance(ref: ColumnSample, cur: ColumnSample) -> float:

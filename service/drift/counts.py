@@ -53,7 +53,7 @@ def z_test(ref: ColumnSample, cur: ColumnSample) -> float:
     ref_map, cur_map = ref.count_map, cur.count_map
     if len(ref_map) == 1 and len(cur_map) == 1 and ref_map.keys() == cur_map.keys():
         return 1.0
-    first = sorted(ref_map.keys() | cur_map.keys())[0]
+    first = min(ref_map.keys() | cur_map.keys())  # type: ignore[type-var]  # one column's labels share a type
     n1, n2 = ref.n, cur.n
     # Evidently codes the first value as 0 and every other as 1.
     p1 = float(n1 - ref_map.get(first, 0)) / n1
