@@ -43,6 +43,7 @@ class InvalidEvent(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 class Event(NamedTuple):
@@ -241,6 +242,8 @@ class DecodedBatch:
     latency: np.ndarray | None  # seconds, NaN where absent
     model_version: list[Any] | None  # MISSING where absent
     invalid: Counter[str] = field(default_factory=Counter)
+    # the invalid records: (position in the poll, reason, detail), in record order
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
     def select(self, rows: np.ndarray) -> DecodedBatch:
         """The events at these positions (a boolean mask or sorted indices)."""
@@ -434,14 +437,16 @@ class BatchDecoder:
         events: list[Event] = []
         index: list[int] = []
         invalid: Counter[str] = Counter()
+        rejected: list[tuple[int, str, str]] = []
         for i in slow:
             try:
                 events.append(self.d.decode(raws[i], record_ts_ms[i] if record_ts_ms else None, now))
                 index.append(i)
             except InvalidEvent as exc:
                 invalid[exc.reason] += 1
+                rejected.append((i, exc.reason, exc.detail))
         if not events:
-            fast.invalid = invalid
+            fast.invalid, fast.rejected = invalid, rejected
             return fast
         extra = self._from_events(events)
         order = np.argsort(np.concatenate((fast_index, np.asarray(index, dtype=np.int64))), kind="stable")
@@ -459,7 +464,7 @@ class BatchDecoder:
             {k: join(v, extra.categorical[k]) for k, v in fast.categorical.items()},
             join(fast.event_time, extra.event_time), join(fast.prediction, extra.prediction),
             join(fast.latency, extra.latency), join(fast.model_version, extra.model_version))
-        merged.invalid = invalid
+        merged.invalid, merged.rejected = invalid, rejected
         return merged
 
     def _from_events(self, events: list[Event]) -> DecodedBatch:

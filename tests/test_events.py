@@ -228,14 +228,16 @@ def test_batch_decoding_equals_decoding_each_record(raws: list[bytes | None], ts
 
     d = decoder() if ts else decoder(event_time=None)
     stamps = [int((NOW - i) * 1000) for i in range(len(raws))] if ts == 2 else None
-    expected, reasons = [], Counter()
+    expected, reasons, rejected = [], Counter(), []
     for i, raw in enumerate(raws):
         try:
             expected.append(d.decode(raw, stamps[i] if stamps else None, NOW))
         except InvalidEvent as exc:
             reasons[exc.reason] += 1
+            rejected.append((i, exc.reason, exc.detail))
     batch = d.decode_batch(raws, stamps, NOW)
     assert batch.invalid == reasons
+    assert batch.rejected == rejected  # which records, in record order, with the reason decode() names
     assert batch.size == len(expected)
     for row, ev in enumerate(expected):
         for i, value in enumerate(ev.features):
