@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driftline.service.config import KafkaSettings
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.protocol.consumer.offsets import OffsetResetStrategy
 from kafka.structs import OffsetAndMetadata
 
 log = logging.getLogger("driftline.collectors.kafka")
@@ -31,9 +32,20 @@ class Polled:
     values: list[bytes | None] = field(default_factory=list)
     timestamps_ms: list[int | None] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset after its last record
+    # (partition, position of its first record in `values`, kafka-python's records): where
+    # each record came from, read only for the rare record that needs it (a dead letter)
+    parts: list[tuple[int, int, list[Any]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def origin(self, i: int) -> tuple[int, int, bytes | None]:
+        """The partition, offset and key of the i-th record."""
+        for partition, start, records in self.parts:
+            if start <= i < start + len(records):
+                r = records[i - start]
+                return partition, r.offset, r.key
+        raise IndexError(i)
 
 
 def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]) -> dict[str, Any]:
@@ -69,6 +81,151 @@ def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]
     return conf
 
 
+def producer_config(settings: KafkaSettings, secret: Callable[[str], str | None]) -> dict[str, Any]:
+    """KafkaProducer arguments for the dead-letter topic: the consumer's connection and
+    security settings, acks from every replica, and every wait bounded."""
+    conf = {k: v for k, v in consumer_config(settings, secret).items() if k in KafkaProducer.DEFAULT_CONFIG}
+    request_ms = int(min(settings.request_timeout, 10.0) * 1000)
+    conf.update({
+        "client_id": f"{settings.client_id}-dead-letters",
+        "acks": "all",
+        "max_block_ms": 5000,            # metadata wait in send(): a lost broker must not hang the consumer
+        "request_timeout_ms": request_ms,
+        "delivery_timeout_ms": request_ms + 5000,  # then the future fails and driftline retries it
+        "linger_ms": 5,
+        "max_request_size": 8 * 1024 * 1024,  # room for a large invalid record plus its headers
+    })
+    return conf
+
+
+@dataclass
+class _DeadLetter:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    future: Any = None  # kafka-python's FutureRecordMetadata while in flight
+
+
+class DeadLetters:
+    """Copies invalid records to the dead-letter topic, at least once.
+
+    `add` sends without waiting; `settle` (run before every offset commit) waits for the
+    acknowledgements and returns, per partition, the offset of the first record whose copy
+    is not yet acknowledged: the commit stops there, so a dead letter is never lost to a
+    crash. A send that fails (broker unreachable, timeout) is counted as `failed` and sent
+    again at the next batch; consumption goes on meanwhile. A copy the broker can never
+    take (e.g. larger than its limit) is counted as `dropped`, logged with its origin, and
+    no longer holds back the commit.
+    """
+
+    def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None], monitor: str,
+                 count: Callable[[str, int], None]) -> None:
+        assert settings.dead_letter_topic
+        self.topic = settings.dead_letter_topic
+        self._source_topic = settings.topic.encode()
+        self._monitor = monitor.encode()
+        self._conf = producer_config(settings, secret)
+        self._count = count
+        self._producer: KafkaProducer | None = None
+        self._pending: list[_DeadLetter] = []  # in flight or to send again, in record order
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, polled: Polled, rejected: list[tuple[int, str, str]]) -> None:
+        for i, reason, detail in rejected:
+            partition, offset, key = polled.origin(i)
+            headers = [("driftline-original-topic", self._source_topic),
+                       ("driftline-original-partition", str(partition).encode()),
+                       ("driftline-original-offset", str(offset).encode()),
+                       ("driftline-error", (f"{reason}: {detail}" if detail else reason).encode()),
+                       ("driftline-monitor", self._monitor)]
+            self._pending.append(_DeadLetter(partition, offset, key, polled.values[i], headers))
+        self._send()
+
+    def _send(self) -> None:
+        unsent = [d for d in self._pending if d.future is None]
+        if not unsent:
+            return
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(**self._conf)
+            except Exception as exc:  # broker unreachable: try again at the next batch
+                log.warning("dead-letter producer for %s not available yet (%d records waiting): %s",
+                            self.topic, len(unsent), exc)
+                self._count("failed", len(unsent))
+                return
+        dropped = []
+        for letter in unsent:
+            try:
+                # a keyless tombstone cannot be produced as is: it goes with an empty key
+                key = letter.key if letter.key is not None or letter.value is not None else b""
+                letter.future = self._producer.send(self.topic, value=letter.value, key=key,
+                                                    headers=letter.headers)
+            except KafkaTimeoutError as exc:  # no metadata within max_block_ms
+                n = sum(1 for d in self._pending if d.future is None)
+                log.warning("dead letters to %s not sent (%d waiting, retried at the next batch): %s",
+                            self.topic, n, exc)
+                self._count("failed", n)
+                break
+            except KafkaError as exc:
+                if exc.retriable:
+                    self._count("failed", 1)
+                    continue
+                dropped.append(letter)
+                self._drop(letter, exc)
+        if dropped:
+            self._pending = [d for d in self._pending if all(d is not x for x in dropped)]
+
+    def _drop(self, letter: _DeadLetter, exc: BaseException) -> None:
+        log.error("dead letter of %s partition %d offset %d refused by the broker, not retried: %s",
+                  self._source_topic.decode(), letter.partition, letter.offset, exc)
+        self._count("dropped", 1)
+
+    def settle(self, timeout: float) -> dict[int, int]:
+        """Wait up to `timeout` s for the copies in flight; per partition, the first offset
+        whose copy is not acknowledged (nothing from there on may be committed)."""
+        if not self._pending:
+            return {}
+        self._send()
+        if self._producer is not None and any(d.future is not None for d in self._pending):
+            try:
+                self._producer.flush(timeout=timeout)
+            except KafkaError as exc:
+                log.warning("dead letters to %s not yet acknowledged: %s", self.topic, exc)
+        still: list[_DeadLetter] = []
+        produced = 0
+        for letter in self._pending:
+            f = letter.future
+            if f is None or not f.is_done:
+                still.append(letter)
+            elif f.succeeded():
+                produced += 1
+            elif isinstance(f.exception, KafkaError) and not f.exception.retriable:
+                self._drop(letter, f.exception)
+            else:
+                self._count("failed", 1)
+                letter.future = None  # sent again at the next batch
+                still.append(letter)
+        if produced:
+            self._count("produced", produced)
+        self._pending = still
+        caps: dict[int, int] = {}
+        for letter in still:
+            caps[letter.partition] = min(caps.get(letter.partition, letter.offset), letter.offset)
+        return caps
+
+    def close(self, timeout: float) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=timeout)
+            except Exception as exc:
+                log.debug("closing the dead-letter producer: %s", exc)
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -86,6 +243,21 @@ class KafkaSource:
     Only the thread that polls may call poll/commit/close (kafka-python consumers are not
     thread-safe); `assigned`, `connected` and `lag` are safe to read from anywhere.
     """
+
+    # Called before each commit: per partition, an offset the commit must not pass (the
+    # dead-letter copies not yet acknowledged); see DeadLetters.settle.
+    commit_gate: Callable[[], dict[int, int]] | None = None
+    # /readyz: a fetch response older than this means the broker is not answering. The
+    # consumer fetches every fetch_max_wait_ms (500 ms) even on an idle topic, so a healthy
+    # broker answers several times within it.
+    STALE_AFTER = 5.0
+    # a silence this long (3 fetch waits) is treated as an outage: see poll()
+    CHECK_AFTER_SILENCE = 1.5
+    _last_records = 0.0  # time.monotonic() of the last poll that returned records
+    _reset_earliest = False  # see _reset_to_earliest_from_now_on
+    _topic_id: Any = None  # the topic's id as the broker last described it (see _topic_recreated)
+    _seek_to_beginning = False
+    _after_outage = False  # the broker did not answer for STALE_AFTER s since the last check
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
                  on_revoked: Callable[[], None] | None = None) -> None:
@@ -148,7 +320,13 @@ class KafkaSource:
     def _on_revoked(self, revoked: Any) -> None:
         if self._on_revoked_cb:
             self._on_revoked_cb()
-        self.commit()
+        try:
+            self.commit()
+        except RuntimeError as exc:
+            # kafka-python 3 runs this listener on its IO thread, where a blocking commit is
+            # refused; raising here would fail every later poll (the group never rejoins).
+            # What is accounted for is committed by the next periodic commit instead.
+            log.warning("offset commit on revoke not possible here (%s); the next commit covers it", exc)
         with self._lock:
             self._assigned = frozenset()
             self._lag = {}
@@ -165,9 +343,26 @@ class KafkaSource:
             return self._assigned
 
     def connected(self) -> bool:
-        """True while polls have been answered recently and partitions are assigned."""
-        return bool(self.assigned) and time.monotonic() - self._last_poll_ok < max(
-            10.0, self.settings.session_timeout)
+        """True while partitions are assigned and the broker answered a fetch recently.
+
+        kafka-python's poll() returns on time whether or not the broker answers, so the
+        signal is the broker's answers themselves: the time of the last fetch response
+        (kafka-python records each in its `fetch-latency` sensor), or of the last poll that
+        returned records. A stopped broker (SIGSTOP) keeps its TCP connections open; this
+        still turns false within STALE_AFTER seconds.
+        """
+        return bool(self.assigned) and time.monotonic() - self.last_answer() < self.STALE_AFTER
+
+    def last_answer(self) -> float:
+        """time.monotonic() of the broker's last fetch response (or of records received)."""
+        last = self._last_records
+        try:
+            sensor = self._consumer._metrics.get_sensor("fetch-latency")
+            if sensor is not None:
+                last = max(last, sensor._last_record_time / 1000.0)
+        except AttributeError:  # another kafka-python: fall back to the records themselves
+            pass
+        return last
 
     def lag(self) -> dict[int, int]:
         with self._lock:
@@ -177,20 +372,117 @@ class KafkaSource:
     def poll(self, timeout_ms: int = 500, timestamps: bool = True) -> Polled:
         """The next records; their creation/append timestamps too when asked for."""
         out = Polled()
+        if time.monotonic() - self.last_answer() > self.CHECK_AFTER_SILENCE:
+            self._after_outage = True
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms)
         except KafkaError as exc:
             log.warning("poll failed: %s", exc)
             return out
         self._last_poll_ok = time.monotonic()
+        if batches and self._after_outage:
+            # The first records after an outage may come from a broker that lost its data,
+            # fetched before kafka-python refreshed the topic's metadata: refresh it first.
+            try:
+                self._consumer.topics()
+                self._after_outage = False
+            except KafkaError as exc:
+                log.warning("metadata refresh after an outage failed; the records will be fetched again: %s", exc)
+                for tp, records in batches.items():
+                    if records:
+                        self._consumer.seek(tp, records[0].offset)
+                return out
+        if self._topic_recreated() or self._seek_pending():
+            if batches:
+                log.warning("%d records polled while %s was recreated are read again from the beginning",
+                            sum(len(r) for r in batches.values()), self.settings.topic)
+            return out
+        if not self._reset_earliest:
+            self._reset_to_earliest_from_now_on()
         for tp, records in batches.items():
             if not records:
                 continue
+            done = self._processed.get(tp.partition)
+            if done is not None and records[0].offset < done:
+                # read before by this process (the group rejoined where nothing was committed
+                # yet): already in the windows, so not counted twice
+                log.info("partition %d: %d records from offset %d already accounted for, skipped",
+                         tp.partition, sum(1 for r in records if r.offset < done), records[0].offset)
+                records = [r for r in records if r.offset >= done]
+                if not records:
+                    continue
+            out.parts.append((tp.partition, len(out.values), records))
             out.values.extend([r.value for r in records])
             if timestamps:
                 out.timestamps_ms.extend([r.timestamp if r.timestamp_type != -1 else None for r in records])
             out.next_offsets[tp.partition] = records[-1].offset + 1
+        if out.values:
+            self._last_records = self._last_poll_ok
         return out
+
+    def _topic_recreated(self) -> bool:
+        """True when the topic's id changed since the last poll (deleted and created again,
+        or a broker that lost its data: offsets start again at 0). Every assigned partition
+        is then read from its beginning, and offsets of the old topic are forgotten.
+
+        A Kafka broker, and Tansu, may answer a fetch beyond the end of the new log with no
+        records and no error: without this check driftline would wait, silently, until the
+        new log grew past its old position and skip everything before it.
+        """
+        try:
+            tid = self._consumer._client.cluster.topic_id(self.settings.topic)
+        except AttributeError:  # another kafka-python: out-of-range resets still apply
+            return False
+        if tid is None or tid == self._topic_id:
+            return False
+        old, self._topic_id = self._topic_id, tid
+        if old is None:
+            return False
+        assigned = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.topic]
+        log.warning("topic %s was recreated (id %s, was %s): reading partitions %s from the beginning",
+                    self.settings.topic, tid, old, sorted(tp.partition for tp in assigned))
+        with self._lock:
+            self._processed.clear()
+            self._committed.clear()
+        self._seek_to_beginning = True
+        self._seek_pending()
+        return True
+
+    def _seek_pending(self) -> bool:
+        """After a recreated topic: until the partitions (assigned now, or once the group has
+        rejoined) are sought to their beginning, polled records are dropped; kafka-python
+        may keep a partition's old position across the rejoin."""
+        if not self._seek_to_beginning:
+            return False
+        assigned = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.topic]
+        if assigned and self.assigned:
+            self._consumer.seek_to_beginning(*assigned)
+            self._seek_to_beginning = False
+        return True
+
+    def _reset_to_earliest_from_now_on(self) -> None:
+        """Once every assigned partition has a position, an out-of-range position resets
+        to the earliest offset, whatever auto_offset_reset says.
+
+        auto_offset_reset is for a group that has no committed offset (where a new monitor
+        starts). Later, a position out of range means the log moved under driftline: its
+        start passed it (retention), or the broker lost its data (a restarted in-memory
+        broker, a recreated topic), so offsets start again at 0. "latest" would then skip
+        the records written since, silently; "earliest" reads all that is still there.
+        """
+        with self._lock:
+            assigned = self._assigned
+        if not assigned:
+            return
+        try:
+            subs = self._consumer._subscription
+            tps = [TopicPartition(self.settings.topic, p) for p in assigned]
+            if all(subs.has_valid_position(tp) for tp in tps):
+                subs._default_offset_reset_strategy = OffsetResetStrategy.EARLIEST
+                self._reset_earliest = True
+        except (AttributeError, KeyError) as exc:  # another kafka-python: keep its behaviour
+            log.debug("cannot set the out-of-range reset strategy: %s", exc)
+            self._reset_earliest = True
 
     def mark_processed(self, polled: Polled) -> None:
         """These records are accounted for: their offsets may be committed."""
@@ -203,7 +495,10 @@ class KafkaSource:
         lag = {}
         for p in self.assigned:
             tp = TopicPartition(self.settings.topic, p)
-            high = self._consumer.highwater(tp)
+            try:
+                high = self._consumer.highwater(tp)
+            except KafkaError:  # unassigned under us (the group is rejoining)
+                continue
             if high is None:
                 continue
             pos = self._processed.get(p)
@@ -221,25 +516,34 @@ class KafkaSource:
         if time.monotonic() - self._last_commit >= self.settings.commit_interval:
             self.commit()
 
-    def commit(self) -> None:
+    def commit(self, timeout: float = 5.0) -> None:
+        caps = self.commit_gate() if self.commit_gate is not None else {}
         with self._lock:
-            pending = {p: o for p, o in self._processed.items()
-                       if p in self._assigned and self._committed.get(p) != o}
+            pending = {p: min(o, caps.get(p, o)) for p, o in self._processed.items() if p in self._assigned}
+            pending = {p: o for p, o in pending.items() if self._committed.get(p) != o}
         self._last_commit = time.monotonic()
         if not pending:
             return
         offsets = {TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, "", -1) for p, o in pending.items()}
         try:
-            self._consumer.commit(offsets, timeout_ms=5000)
+            self._consumer.commit(offsets, timeout_ms=int(timeout * 1000))
         except KafkaError as exc:
             log.warning("offset commit failed (will retry): %s", exc)
             return
         with self._lock:
             self._committed.update(pending)
 
-    def close(self) -> None:
-        self.commit()
+    @property
+    def committed(self) -> dict[int, int]:
+        """The offsets this process committed last, per partition."""
+        with self._lock:
+            return dict(self._committed)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Commit what is accounted for, then leave the group, both bounded by `timeout` s."""
+        deadline = time.monotonic() + timeout
+        self.commit(timeout=max(0.5, timeout * 0.6))
         try:
-            self._consumer.close(autocommit=False)
+            self._consumer.close(autocommit=False, timeout_ms=int(max(0.5, deadline - time.monotonic()) * 1000))
         except Exception as exc:
             log.debug("closing the consumer: %s", exc)

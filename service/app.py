@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from driftline.collectors.kafka import KafkaSource
+from driftline.collectors.kafka import DeadLetters, KafkaSource
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from .config import Secrets, Settings, decode_webhook_secret
@@ -26,11 +26,12 @@ log = logging.getLogger("driftline.service")
 class ConsumerLoop(threading.Thread):
     """Polls one monitor's topic until stopped; commits what has been accounted for."""
 
-    def __init__(self, monitor: Monitor, secrets: Secrets) -> None:
+    def __init__(self, monitor: Monitor, secrets: Secrets, metrics: DriftlineMetrics | None = None) -> None:
         super().__init__(name=f"consumer-{monitor.name}", daemon=True)
-        self.monitor, self._secrets = monitor, secrets
+        self.monitor, self._secrets, self._metrics = monitor, secrets, metrics
         self._stop_event = threading.Event()
         self.source: KafkaSource | None = None
+        self.dead_letters: DeadLetters | None = None
         monitor.source_ready = self.ready
         monitor.source_lag = self.lag
 
@@ -59,12 +60,19 @@ class ConsumerLoop(threading.Thread):
         source = self.source
         if source is None:
             return
+        dead = self.dead_letters = self._dead_letters(secret)
+        if dead is not None:
+            # before any commit: wait for the copies, and never commit past one not acknowledged
+            source.commit_gate = lambda: dead.settle(timeout=2.0 if self._stop_event.is_set() else 5.0)
         last_lag = 0.0
         try:
+            # SIGTERM: the batch in hand is finished and accounted for, then committed below
             while not self._stop_event.is_set():
                 polled = source.poll(timeout_ms=500, timestamps=self.monitor.needs_record_timestamps)
                 if polled:
-                    self.monitor.consume_batch(polled.values, polled.timestamps_ms or None)
+                    rejected = self.monitor.consume_batch(polled.values, polled.timestamps_ms or None)
+                    if dead is not None and (rejected or dead.pending):
+                        dead.add(polled, rejected)  # also sends again what failed before
                     source.mark_processed(polled)
                 if time.monotonic() - last_lag > 1.0:
                     source.refresh_lag()
@@ -74,7 +82,19 @@ class ConsumerLoop(threading.Thread):
             log.exception("monitor %s: consumer loop failed", self.monitor.name)
             raise
         finally:
-            source.close()
+            source.close(timeout=5.0)
+            if dead is not None:
+                dead.close(timeout=1.0)
+            log.info("monitor %s: consumer stopped, %d records consumed, committed offsets %s", self.monitor.name,
+                     self.monitor.consumed_total(), dict(sorted(source.committed.items())))
+
+    def _dead_letters(self, secret: Callable[[str], str | None]) -> DeadLetters | None:
+        settings = self.monitor.settings.kafka
+        if not settings.dead_letter_topic or self._metrics is None:
+            return None
+        counter = self._metrics.dead_letters
+        name = self.monitor.name
+        return DeadLetters(settings, secret, name, lambda outcome, n: counter.labels(name, outcome).inc(n))
 
 
 class Service:
@@ -99,7 +119,7 @@ class Service:
         self.metrics.add_monitors(self.monitors, set(endpoints))
         self.dispatcher = Dispatcher(
             self.store, endpoints, lambda m, status: self.metrics.webhook_deliveries.labels(m, status).inc(), clock)
-        self.consumers = [ConsumerLoop(m, secrets) for m in self.monitors]
+        self.consumers = [ConsumerLoop(m, secrets, self.metrics) for m in self.monitors]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._reference_mtimes: dict[str, float] = {}
         token = secrets.get("service.api_token_env")

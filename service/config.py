@@ -126,6 +126,8 @@ class KafkaSettings(_Model):
     request_timeout: PositiveSeconds = 30.0
     commit_interval: PositiveSeconds = 5.0
     max_poll_records: int = Field(2000, ge=1)
+    # invalid records are copied here, unchanged, with their origin and error in headers
+    dead_letter_topic: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -188,6 +188,9 @@ class DriftlineMetrics:
                                         ["monitor", "outcome"], registry=registry)
         self.webhook_deliveries = Counter("driftline_webhook_deliveries", "Webhook delivery attempts, by result",
                                           ["monitor", "status"], registry=registry)
+        self.dead_letters = Counter("driftline_dead_letters", "Invalid records copied to the dead-letter topic, "
+                                    "by outcome (produced, failed: retried, dropped: refused by the broker)",
+                                    ["monitor", "outcome"], registry=registry)
 
     def add_monitors(self, monitors: Sequence[MonitorView], with_retrain: set[str]) -> None:
         for m in monitors:

@@ -27,6 +27,9 @@ from .window import TumblingWindows
 log = logging.getLogger("driftline.monitor")
 
 
+DEAD_LETTER_OUTCOMES = ("produced", "failed", "dropped")
+
+
 class MonitorSetupError(Exception):
     pass
 
@@ -104,8 +107,12 @@ class Monitor:
         self._latest_evaluated: dict[str, WindowResult] = {}
         self._lock = threading.Lock()
         self._consumed = metrics.events_consumed.labels(self.name)
+        self._consumed_n = 0  # the same count, for the consumer's own log lines
         self._late = metrics.events_late.labels(self.name)
         self._invalid: dict[str, Any] = {}  # reason -> labelled counter, filled on first use
+        if settings.kafka.dead_letter_topic:
+            for outcome in DEAD_LETTER_OUTCOMES:
+                metrics.dead_letters.labels(self.name, outcome)
         self.source_ready: Callable[[], bool] = lambda: False
         self.source_lag: Callable[[], dict[int, int]] = dict
 
@@ -153,20 +160,27 @@ class Monitor:
         return self.source_ready()
 
     # -- ingest (consumer thread) ----------------------------------------------------------
-    def consume_batch(self, values: list[bytes | None], timestamps_ms: list[int | None] | None = None) -> None:
-        """Decode, validate and account for one poll's records."""
+    def consume_batch(self, values: list[bytes | None],
+                      timestamps_ms: list[int | None] | None = None) -> list[tuple[int, str, str]]:
+        """Decode, validate and account for one poll's records; the invalid ones are
+        returned as (position in `values`, reason, detail), in record order."""
         now = self._clock()
         batch = self.decoder.decode_batch(values, timestamps_ms, now)
         for reason, n in batch.invalid.items():
             self._count_invalid(reason, n)
         late = self.windows.add_batch(batch)
         self._consumed.inc(len(values))
+        self._consumed_n += len(values)
         if late:
             self._late.inc(late)
         if batch.latency is not None:
             present = batch.latency[~np.isnan(batch.latency)]
             self.serving_latency.observe_many(present)
         self.event_lag.observe_many(now - batch.event_time)
+        return batch.rejected
+
+    def consumed_total(self) -> int:
+        return self._consumed_n
 
     @property
     def needs_record_timestamps(self) -> bool:
