@@ -39,6 +39,7 @@ test: $(STAMP) ops-tools
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	DO_NOT_TRACK=1 $(PY) -m driftline.service.demo $(DEMO_ARGS)

@@ -278,12 +278,12 @@ class MonitorSettings(_Model):
     reference: ReferenceSettings
     event: EventSchema
     window: WindowSettings
-    drift: DriftSettings = DriftSettings()
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     retrain: RetrainSettings | None = None
 
 
 class Settings(_Model):
-    service: ServiceSettings = ServiceSettings()
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
     monitors: list[MonitorSettings] = Field(min_length=1)
 
 

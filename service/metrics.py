@@ -73,7 +73,8 @@ class MonitorView(Protocol):
     horizons: tuple[str, ...]
 
     def latest_result(self, horizon: str | None = None) -> WindowResult | None: ...
-    has_prediction: bool
+    @property
+    def has_prediction(self) -> bool: ...
 
     def configured_method(self, feature: str) -> str: ...
     def configured_prediction_method(self) -> str: ...
@@ -203,6 +204,6 @@ class DriftlineMetrics:
             if m.name in with_retrain:
                 for outcome in TRIGGER_OUTCOMES:
                     self.retrain_triggers.labels(m.name, outcome)
-                for status in DELIVERY_STATUSES:
-                    self.webhook_deliveries.labels(m.name, status)
+                for delivery in DELIVERY_STATUSES:
+                    self.webhook_deliveries.labels(m.name, delivery)
         self.registry.register(MonitorCollector(monitors))
