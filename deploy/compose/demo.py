@@ -11,8 +11,6 @@ your serving events, your ML platform's webhook endpoint.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -61,24 +59,9 @@ def traffic(args: argparse.Namespace) -> int:
 
 
 def receiver(args: argparse.Namespace) -> int:
-    from driftline.service.demo.receiver import WebhookReceiver, print_delivery
+    from driftline.service.demo.receiver import main as receiver_main
 
-    class AnyInterfaceReceiver(WebhookReceiver):
-        """The demo receiver binds 127.0.0.1; in a container it must accept other containers."""
-
-        def server_bind(self) -> None:
-            self.server_address = (args.host, self.server_address[1])
-            super().server_bind()
-
-    secret = os.environ.get(args.secret_env)
-    if not secret:
-        print(f"set {args.secret_env} to the webhook secret (whsec_…)", file=sys.stderr)
-        return 2
-    server = AnyInterfaceReceiver(secret, args.port, on_delivery=print_delivery)
-    print(f"[receiver] listening on {args.host}:{args.port}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    return 0
+    return receiver_main(["--host", args.host, "--port", str(args.port), "--secret-env", args.secret_env])
 
 
 def main(argv: list[str] | None = None) -> int:

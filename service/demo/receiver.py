@@ -72,8 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
 class WebhookReceiver(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, secret: str, port: int = 0, on_delivery: Callable[[Delivery], None] | None = None) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
+    def __init__(self, secret: str, port: int = 0, on_delivery: Callable[[Delivery], None] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), _Handler)
         self.state = ReceiverState(secret, on_delivery=on_delivery)
         self._thread = threading.Thread(target=self.serve_forever, name="webhook-receiver", daemon=True)
 
@@ -103,17 +104,18 @@ def print_delivery(d: Delivery) -> None:
     print(json.dumps(d.body, indent=2), flush=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, to accept other containers")
     p.add_argument("--port", type=int, default=9200)
     p.add_argument("--secret-env", default="DRIFTLINE_WEBHOOK_SECRET")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     secret = os.environ.get(args.secret_env)
     if not secret:
         print(f"set {args.secret_env} to the webhook secret (whsec_…)", file=sys.stderr)
         return 2
-    receiver = WebhookReceiver(secret, args.port, on_delivery=print_delivery)
-    print(f"[receiver] listening on {receiver.url}", flush=True)
+    receiver = WebhookReceiver(secret, args.port, on_delivery=print_delivery, host=args.host)
+    print(f"[receiver] listening on {args.host}:{receiver.server_address[1]}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         receiver.serve_forever()
     return 0
