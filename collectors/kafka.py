@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from driftline.service.config import KafkaSettings
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.protocol.consumer.offsets import OffsetResetStrategy
 from kafka.structs import OffsetAndMetadata
@@ -53,6 +53,7 @@ def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]
     conf: dict[str, Any] = {
         "bootstrap_servers": list(settings.bootstrap_servers),
         "group_id": settings.group_id,
+        "group_instance_id": settings.group_instance_id,
         "client_id": settings.client_id,
         "enable_auto_commit": False,
         "auto_offset_reset": settings.auto_offset_reset,
@@ -226,14 +227,36 @@ class DeadLetters:
                 log.debug("closing the dead-letter producer: %s", exc)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class PartitionOwner(Protocol):
+    """What reads the partitions (a monitor): it keeps their state and says what to commit."""
+
+    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> None:
+        """Partitions newly assigned, with their committed (offset, metadata), before any record."""
+
+    def release(self) -> dict[int, tuple[int, str]]:
+        """All partitions are being revoked: the (offset, metadata) to commit for them."""
+
+    def committable(self) -> dict[int, tuple[int, str]]:
+        """The (offset, metadata) that may be committed now, per partition."""
+
+    def reset_partitions(self) -> None:
+        """The topic was recreated: positions start again."""
+
+
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Async, so that the commit on revoke runs on kafka-python's own event loop: version 3
+    calls rebalance listeners there, where its blocking commit() is refused."""
+
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.source._on_revoked(revoked)
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.source._on_revoked(revoked)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_lost(self, lost: Any) -> None:
+        await self.source._on_revoked(lost, commit=False)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         self.source._on_assigned(assigned)
 
 
@@ -260,7 +283,7 @@ class KafkaSource:
     _after_outage = False  # the broker did not answer for STALE_AFTER s since the last check
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
-                 on_revoked: Callable[[], None] | None = None) -> None:
+                 owner: PartitionOwner) -> None:
         self.settings = settings
         conf = consumer_config(settings, secret)
         if settings.security_protocol.endswith("SSL"):
@@ -307,34 +330,61 @@ class KafkaSource:
                 log.warning("%s", problem)
         self._consumer = KafkaConsumer(**conf)
         self._consumer.subscribe([settings.topic], listener=_Listener(self))
-        self._on_revoked_cb = on_revoked
+        self._owner = owner
         self._lock = threading.Lock()
         self._assigned: frozenset[int] = frozenset()
-        self._processed: dict[int, int] = {}  # partition -> next offset to read
-        self._committed: dict[int, int] = {}
+        self._to_adopt: frozenset[int] = frozenset()  # assigned, not yet handed to the owner
+        self._processed: dict[int, int] = {}  # partition -> next offset to read (for the lag)
+        self._committed: dict[int, tuple[int, str]] = {}
         self._lag: dict[int, int] = {}
         self._last_poll_ok = 0.0
         self._last_commit = time.monotonic()
 
     # -- rebalance ---------------------------------------------------------------------
-    def _on_revoked(self, revoked: Any) -> None:
-        if self._on_revoked_cb:
-            self._on_revoked_cb()
-        try:
-            self.commit()
-        except RuntimeError as exc:
-            # kafka-python 3 runs this listener on its IO thread, where a blocking commit is
-            # refused; raising here would fail every later poll (the group never rejoins).
-            # What is accounted for is committed by the next periodic commit instead.
-            log.warning("offset commit on revoke not possible here (%s); the next commit covers it", exc)
+    async def _on_revoked(self, revoked: Any, commit: bool = True) -> None:
+        """On kafka-python's event loop, while the consumer thread waits in poll(): the
+        owner checkpoints and drops the partitions' state, and what it covers is committed
+        before the partitions go (kafka-python's default assignors are eager: every
+        rebalance revokes all partitions)."""
+        offsets = self._owner.release()
         with self._lock:
-            self._assigned = frozenset()
+            assigned, self._assigned, self._to_adopt = self._assigned, frozenset(), frozenset()
             self._lag = {}
+            self._processed.clear()
+        pending = self._uncommitted(offsets, assigned)
+        if commit and pending:
+            try:
+                # the coroutine behind KafkaConsumer.commit(), awaited on the loop we are on
+                coordinator = self._consumer._coordinator
+                await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
+                with self._lock:
+                    self._committed.update(pending)
+                log.info("partitions %s revoked; committed %s", sorted(p for p in assigned),
+                         {p: o for p, (o, _) in sorted(pending.items())})
+            except Exception as exc:
+                log.warning("offset commit on revoke failed (the next reader rebuilds from the "
+                            "last commit and skips what the checkpoint shows as done): %s", exc)
 
     def _on_assigned(self, assigned: Any) -> None:
         with self._lock:
-            self._assigned = frozenset(tp.partition for tp in assigned)
+            self._assigned = frozenset(tp.partition for tp in assigned if tp.topic == self.settings.topic)
+            self._to_adopt = self._assigned
         log.info("assigned partitions %s of %s", sorted(self._assigned), self.settings.topic)
+
+    def _adopt_new(self) -> None:
+        """Hand newly assigned partitions, with their committed offsets, to the owner."""
+        with self._lock:
+            new, self._to_adopt = self._to_adopt, frozenset()
+        if not new:
+            return
+        committed: dict[int, tuple[int, str] | None] = {}
+        for p in sorted(new):
+            got = self._consumer.committed(TopicPartition(self.settings.topic, p), metadata=True)
+            committed[p] = None if got is None else (got.offset, got.metadata or "")
+            if got is not None:
+                with self._lock:
+                    self._committed[p] = (got.offset, got.metadata or "")
+        self._owner.adopt(committed)
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -399,18 +449,19 @@ class KafkaSource:
             return out
         if not self._reset_earliest:
             self._reset_to_earliest_from_now_on()
+        try:
+            self._adopt_new()
+        except KafkaError as exc:  # the committed offsets could not be read: drop, fetch again
+            log.warning("committed offsets of newly assigned partitions not read (%s); fetching again", exc)
+            with self._lock:
+                self._to_adopt = self._assigned
+            for tp, records in batches.items():
+                if records:
+                    self._consumer.seek(tp, records[0].offset)
+            return out
         for tp, records in batches.items():
-            if not records:
+            if not records or tp.partition not in self._assigned:
                 continue
-            done = self._processed.get(tp.partition)
-            if done is not None and records[0].offset < done:
-                # read before by this process (the group rejoined where nothing was committed
-                # yet): already in the windows, so not counted twice
-                log.info("partition %d: %d records from offset %d already accounted for, skipped",
-                         tp.partition, sum(1 for r in records if r.offset < done), records[0].offset)
-                records = [r for r in records if r.offset >= done]
-                if not records:
-                    continue
             out.parts.append((tp.partition, len(out.values), records))
             out.values.extend([r.value for r in records])
             if timestamps:
@@ -444,6 +495,7 @@ class KafkaSource:
         with self._lock:
             self._processed.clear()
             self._committed.clear()
+        self._owner.reset_partitions()
         self._seek_to_beginning = True
         self._seek_pending()
         return True
@@ -512,21 +564,41 @@ class KafkaSource:
         with self._lock:
             self._lag.update(lag)
 
+    def positions(self) -> dict[int, int]:
+        """The consumer's fetch position (next offset to return) of each assigned partition."""
+        out = {}
+        for p in self.assigned:
+            try:
+                pos = self._consumer.position(TopicPartition(self.settings.topic, p), timeout_ms=100)
+            except (KafkaError, AssertionError, ValueError):  # unassigned under us, or not yet known
+                continue
+            if pos is not None:
+                out[p] = int(getattr(pos, "offset", pos))
+        return out
+
     def maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.settings.commit_interval:
             self.commit()
 
-    def commit(self, timeout: float = 5.0) -> None:
+    def _uncommitted(self, offsets: dict[int, tuple[int, str]], assigned: frozenset[int]) -> dict[int, tuple[int, str]]:
+        """The offsets (capped by the commit gate) of assigned partitions not committed yet."""
         caps = self.commit_gate() if self.commit_gate is not None else {}
         with self._lock:
-            pending = {p: min(o, caps.get(p, o)) for p, o in self._processed.items() if p in self._assigned}
-            pending = {p: o for p, o in pending.items() if self._committed.get(p) != o}
+            pending = {p: (min(o, caps.get(p, o)), meta) for p, (o, meta) in offsets.items() if p in assigned}
+            return {p: om for p, om in pending.items() if self._committed.get(p) != om}
+
+    def _offsets(self, pending: dict[int, tuple[int, str]]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, meta, -1)
+                for p, (o, meta) in pending.items()}
+
+    def commit(self, timeout: float = 5.0) -> None:
+        """Commit what the owner's last checkpoint covers (never more)."""
         self._last_commit = time.monotonic()
+        pending = self._uncommitted(self._owner.committable(), self.assigned)
         if not pending:
             return
-        offsets = {TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, "", -1) for p, o in pending.items()}
         try:
-            self._consumer.commit(offsets, timeout_ms=int(timeout * 1000))
+            self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
         except KafkaError as exc:
             log.warning("offset commit failed (will retry): %s", exc)
             return
@@ -537,7 +609,7 @@ class KafkaSource:
     def committed(self) -> dict[int, int]:
         """The offsets this process committed last, per partition."""
         with self._lock:
-            return dict(self._committed)
+            return {p: o for p, (o, _) in self._committed.items()}
 
     def close(self, timeout: float = 5.0) -> None:
         """Commit what is accounted for, then leave the group, both bounded by `timeout` s."""

@@ -53,7 +53,7 @@ class ConsumerLoop(threading.Thread):
 
         while not self._stop_event.is_set() and self.source is None:
             try:
-                self.source = KafkaSource(self.monitor.settings.kafka, secret)
+                self.source = KafkaSource(self.monitor.settings.kafka, secret, self.monitor)
             except Exception as exc:  # broker unreachable at startup: keep trying, stay up
                 log.warning("monitor %s: cannot reach Kafka yet (%s); retrying", self.monitor.name, exc)
                 self._stop_event.wait(2.0)
@@ -66,16 +66,19 @@ class ConsumerLoop(threading.Thread):
             source.commit_gate = lambda: dead.settle(timeout=2.0 if self._stop_event.is_set() else 5.0)
         last_lag = 0.0
         try:
-            # SIGTERM: the batch in hand is finished and accounted for, then committed below
+            # SIGTERM: the batch in hand is finished and accounted for; closing the source
+            # below checkpoints and commits (the partitions are revoked on close)
             while not self._stop_event.is_set():
                 polled = source.poll(timeout_ms=500, timestamps=self.monitor.needs_record_timestamps)
                 if polled:
-                    rejected = self.monitor.consume_batch(polled.values, polled.timestamps_ms or None)
+                    rejected = self.monitor.consume(polled)
                     if dead is not None and (rejected or dead.pending):
                         dead.add(polled, rejected)  # also sends again what failed before
                     source.mark_processed(polled)
                 if time.monotonic() - last_lag > 1.0:
                     source.refresh_lag()
+                    if self.monitor.windows.replaying:
+                        self.monitor.windows.caught_up(source.positions())
                     last_lag = time.monotonic()
                 source.maybe_commit()
         except Exception:
@@ -115,7 +118,7 @@ class Service:
                 assert secret is not None  # load_settings refuses configs without it
                 endpoints[ms.name] = Endpoint(decode_webhook_secret(secret.get_secret_value()),
                                               ms.retrain.timeout, ms.retrain.initial_backoff, ms.retrain.max_backoff)
-            self.monitors.append(Monitor(ms, i, self.metrics, trigger, clock))
+            self.monitors.append(Monitor(ms, i, self.metrics, trigger, clock, self.store))
         self.metrics.add_monitors(self.monitors, set(endpoints))
         self.dispatcher = Dispatcher(
             self.store, endpoints, lambda m, status: self.metrics.webhook_deliveries.labels(m, status).inc(), clock)

@@ -86,7 +86,8 @@ class ServiceSettings(_Model):
     """Process-wide settings."""
 
     listen: str = Field("127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz and the API")
-    state_path: Path = Field(Path("driftline-state.sqlite"), description="SQLite store: webhook outbox, cooldowns")
+    state_path: Path = Field(Path("driftline-state.sqlite"),
+                             description="SQLite store: checkpoints, window results, webhook outbox, cooldowns")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_token_env: EnvName | None = Field(
         None, description="environment variable with the bearer token for state-changing endpoints")
@@ -104,6 +105,9 @@ class KafkaSettings(_Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     topic: str = Field(min_length=1)
     group_id: str = Field(min_length=1)
+    group_instance_id: str | None = Field(
+        None, min_length=1, description="static group membership: a stable name per instance (e.g. its "
+        "StatefulSet pod name), so a restarted instance takes its partitions back at once")
     client_id: str = "driftline"
     auto_offset_reset: Literal["earliest", "latest"] = "latest"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -9,9 +9,11 @@ as insufficient data and never drifts.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
@@ -118,3 +120,27 @@ def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
         evaluated_at=time.time(), duration_seconds=time.perf_counter() - started)
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def feature_json(f: FeatureDrift) -> dict[str, Any]:
+    return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
+            "score": _num(f.score), "drifted": f.drifted, "values": f.values,
+            "missing_ratio": f.missing_ratio, "exact": f.exact}
+
+
+def result_json(r: WindowResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
+            "window_end": r.window_end,
+            "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
+            "drift_share_threshold": r.drift_share_threshold,
+            "drifted_features": [f.feature for f in r.drifted_features],
+            "features": [feature_json(f) for f in r.features],
+            "prediction": feature_json(r.prediction) if r.prediction else None,
+            "model_versions": r.model_versions, "reference_hash": r.reference_hash,
+            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}

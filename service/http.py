@@ -13,7 +13,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -21,37 +20,13 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from .evaluation import FeatureDrift, WindowResult
+from .evaluation import result_json
 
 if TYPE_CHECKING:
     from .app import Service
     from .monitor import Monitor
 
 log = logging.getLogger("driftline.http")
-
-
-def _num(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def feature_json(f: FeatureDrift) -> dict[str, Any]:
-    return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
-            "score": _num(f.score), "drifted": f.drifted, "values": f.values,
-            "missing_ratio": f.missing_ratio, "exact": f.exact}
-
-
-def result_json(r: WindowResult | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
-            "window_end": r.window_end,
-            "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
-            "drift_share_threshold": r.drift_share_threshold,
-            "drifted_features": [f.feature for f in r.drifted_features],
-            "features": [feature_json(f) for f in r.features],
-            "prediction": feature_json(r.prediction) if r.prediction else None,
-            "model_versions": r.model_versions, "reference_hash": r.reference_hash,
-            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}
 
 
 def monitor_json(m: Monitor) -> dict[str, Any]:

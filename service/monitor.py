@@ -1,12 +1,22 @@
 """A monitor: one model's stream, from Kafka records to drift results.
 
-The consumer thread runs `consume_batch` (decode, validate, add to windows, then mark
-the records accounted for so their offsets may be committed); the scheduler runs
-`evaluate_due` (close windows, score them against the reference, feed the trigger).
+The consumer thread runs `consume` (decode, validate, add to windows); the scheduler
+runs `evaluate_due` (close windows, score them against the reference, feed the trigger,
+then checkpoint). Offsets are committed from the last checkpoint written (`committable`).
+
+Crash safety without raw values on disk: a checkpoint holds, per partition, the offset
+from which the open windows can be rebuilt (`replay_from`, the one committed to Kafka),
+how far it was read (`position`) and which windows were closed, with the results of the
+windows closed since the previous checkpoint, in one SQLite transaction. After a crash
+or a rebalance the reader of a partition starts at `replay_from` and re-adds the events
+of windows still open, skipping those already evaluated and counting none twice. The
+same marks travel in the committed offset's metadata, so a partition moving to another
+process (a rebalance) carries them along.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,14 +25,16 @@ from typing import Any
 
 import numpy as np
 from driftline.collectors.events import EventDecoder
+from driftline.collectors.kafka import Polled
 
 from .config import MonitorSettings
 from .drift import ColumnKind, get_method
-from .evaluation import WindowResult, WindowStatus, evaluate_window
+from .evaluation import WindowResult, WindowStatus, evaluate_window, result_json
 from .metrics import EVALUATION_BUCKETS, EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .reference import ReferenceError, ReferenceProfile, load_profile
+from .store import ResultRow, Store
 from .trigger import RetrainTrigger
-from .window import TumblingWindows
+from .window import Origin, PartitionMark, TumblingWindows
 
 log = logging.getLogger("driftline.monitor")
 
@@ -82,9 +94,10 @@ def _check_method(settings: MonitorSettings, index: int, where: str, own: str | 
 
 class Monitor:
     def __init__(self, settings: MonitorSettings, index: int, metrics: DriftlineMetrics,
-                 trigger: RetrainTrigger | None, clock: Callable[[], float] = time.time) -> None:
+                 trigger: RetrainTrigger | None, clock: Callable[[], float] = time.time,
+                 store: Store | None = None) -> None:
         self.settings, self.name, self.index = settings, settings.name, index
-        self._metrics, self._trigger, self._clock = metrics, trigger, clock
+        self._metrics, self._trigger, self._clock, self._store = metrics, trigger, clock, store
         try:
             self._reference = load_profile(settings.reference.path)
         except ReferenceError as exc:
@@ -115,6 +128,24 @@ class Monitor:
                 metrics.dead_letters.labels(self.name, outcome)
         self.source_ready: Callable[[], bool] = lambda: False
         self.source_lag: Callable[[], dict[int, int]] = dict
+        # checkpoints: written by the scheduler, or on revoke/shutdown, one at a time
+        self._checkpoint_lock = threading.Lock()
+        self._saved: dict[str, Any] | None = None  # the last checkpoint written
+        # partition -> its mark in the last checkpoint that held it (kept once the partition
+        # is revoked: used if it comes back and nobody has committed it since)
+        self._known_marks: dict[int, PartitionMark] = {}
+        self._parked: set[int] | None = None  # partitions held when last revoked
+        if store is not None:
+            saved = store.load_checkpoint(self.name)
+            if saved is not None and saved.get("topic") == settings.kafka.topic:
+                self.windows.restore(saved)
+                if trigger is not None:
+                    trigger.streak = int(saved.get("streak", 0))
+                self._known_marks = {int(p): PartitionMark.from_json(m)
+                                     for p, m in saved.get("partitions", {}).items()}
+                self._saved = saved
+                log.info("monitor %s: checkpoint loaded (partitions %s)", self.name,
+                         {p: m.replay_from for p, m in sorted(self._known_marks.items())})
 
     # -- MonitorView (read at scrape time) ---------------------------------------------------
     def latest_result(self, horizon: str | None = None) -> WindowResult | None:
@@ -160,15 +191,64 @@ class Monitor:
         return self.source_ready()
 
     # -- ingest (consumer thread) ----------------------------------------------------------
-    def consume_batch(self, values: list[bytes | None],
-                      timestamps_ms: list[int | None] | None = None) -> list[tuple[int, str, str]]:
-        """Decode, validate and account for one poll's records; the invalid ones are
-        returned as (position in `values`, reason, detail), in record order."""
+    def consume(self, polled: Polled) -> list[tuple[int, str, str]]:
+        """Account for one poll's records; the invalid ones are returned as (position in
+        `polled.values`, reason, detail), in record order. Records that replay what a
+        checkpoint had accounted for rebuild open windows and are not counted again."""
+        n = len(polled.values)
+        partitions = np.empty(n, dtype=np.int64)
+        offsets = np.empty(n, dtype=np.int64)
+        for partition, start, records in polled.parts:
+            partitions[start:start + len(records)] = partition
+            offsets[start:start + len(records)] = [r.offset for r in records]
+        if not self.windows.replaying:
+            return self.consume_batch(polled.values, polled.timestamps_ms or None,
+                                      Origin(partitions, offsets, polled.next_offsets))
+        skip = np.zeros(n, dtype=bool)
+        replay = np.zeros(n, dtype=bool)
+        for partition, start, records in polled.parts:
+            mark = self.windows.mark(partition)
+            if mark is not None:
+                part = slice(start, start + len(records))
+                skip[part] = offsets[part] < mark.replay_from
+                replay[part] = ~skip[part] & (offsets[part] < mark.position)
+
+        def pick(idx: np.ndarray) -> tuple[list[bytes | None], list[int | None] | None]:
+            values = [polled.values[i] for i in idx.tolist()]
+            ts = [polled.timestamps_ms[i] for i in idx.tolist()] if polled.timestamps_ms else None
+            return values, ts
+
+        again = np.flatnonzero(replay)
+        if again.size:
+            values, ts = pick(again)
+            batch = self.decoder.decode_batch(values, ts, self._clock())
+            self.windows.add_batch(batch, Origin(*self._valid(batch, partitions[again], offsets[again]), {},
+                                                 replay=True))
+        fresh = np.flatnonzero(~(skip | replay))
+        values, ts = pick(fresh)
+        rejected = self.consume_batch(values, ts, Origin(partitions[fresh], offsets[fresh], polled.next_offsets))
+        return [(int(fresh[i]), reason, detail) for i, reason, detail in rejected]
+
+    @staticmethod
+    def _valid(batch: Any, partitions: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not batch.rejected:
+            return partitions, offsets
+        keep = np.ones(partitions.size, dtype=bool)
+        keep[[i for i, _, _ in batch.rejected]] = False
+        return partitions[keep], offsets[keep]
+
+    def consume_batch(self, values: list[bytes | None], timestamps_ms: list[int | None] | None = None,
+                      origin: Origin | None = None) -> list[tuple[int, str, str]]:
+        """Decode, validate and account for new records (`origin`: per record its
+        partition and offset); the invalid ones are returned as (position in `values`,
+        reason, detail), in record order."""
         now = self._clock()
         batch = self.decoder.decode_batch(values, timestamps_ms, now)
         for reason, n in batch.invalid.items():
             self._count_invalid(reason, n)
-        late = self.windows.add_batch(batch)
+        if origin is not None:
+            origin = Origin(*self._valid(batch, origin.partitions, origin.offsets), origin.next_offsets)
+        late = self.windows.add_batch(batch, origin)
         self._consumed.inc(len(values))
         self._consumed_n += len(values)
         if late:
@@ -178,6 +258,107 @@ class Monitor:
             self.serving_latency.observe_many(present)
         self.event_lag.observe_many(now - batch.event_time)
         return batch.rejected
+
+    # -- partitions and checkpoints ------------------------------------------------------------
+    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> None:
+        """Partitions newly assigned, with their committed offset and its metadata.
+
+        If the partitions this process held came back and nobody committed them since, the
+        open windows stay as they are. Otherwise they are dropped, and every partition takes
+        up the marks of whoever read it last (this process's own checkpoint, unless another
+        process committed the partition since) to rebuild them."""
+        own = self._store.store_id if self._store is not None else None
+        saved = {int(p): m["replay_from"] for p, m in (self._saved or {}).get("partitions", {}).items()}
+        parked, self._parked = self._parked, None
+
+        def moved(p: int) -> bool:
+            if p not in committed:
+                return True
+            got = committed[p]
+            if got is None:
+                return False
+            theirs = _parse_mark(got[0], got[1])
+            return (theirs is not None and theirs[0] != own) or (p in saved and got[0] != saved[p])
+
+        keep = parked is not None and not any(moved(p) for p in parked)
+        if parked is not None and not keep:
+            log.info("monitor %s: partitions moved (held %s, now %s): open windows rebuilt from Kafka",
+                     self.name, sorted(parked), sorted(committed))
+            self.windows.release()
+        for p, got in sorted(committed.items()):
+            if keep and parked is not None and p in parked:
+                self.windows.keep(p)
+                continue
+            offset, meta = (got if got is not None else (None, ""))
+            theirs = _parse_mark(offset, meta)
+            mine = self._known_marks.get(p)
+            mark = theirs[1] if theirs is not None and (theirs[0] != own or mine is None) else mine
+            self.windows.adopt(p, mark, offset)
+            log.info("monitor %s: partition %d from offset %s%s", self.name, p, offset,
+                     f", replaying to {mark.position} (windows up to #{mark.closed} closed)"
+                     if mark is not None and offset is not None and mark.position > offset else "")
+
+    def release(self) -> dict[int, tuple[int, str]]:
+        """All partitions are being revoked (a rebalance, or shutdown): close what is due,
+        checkpoint, and return the offsets to commit before they go. The open windows wait
+        (nothing closes) until `adopt` knows whether the partitions came back."""
+        self.evaluate_due()
+        with self._checkpoint_lock:
+            state = self.windows.checkpoint()
+            held = {int(p) for p in state["partitions"]}
+            self._save(state, [])
+            offsets = self.committable()
+            self.windows.pause()
+            self._parked = held
+        return offsets
+
+    def reset_partitions(self) -> None:
+        """The topic was recreated: offsets start again, the old marks mean nothing."""
+        with self._checkpoint_lock:
+            self.windows.forget_positions()
+            self._known_marks.clear()
+            if self._saved is not None:
+                self._saved = {**self._saved, "partitions": {}}
+
+    def checkpoint(self) -> None:
+        """Write the current state (nothing closes): before a revoke or at shutdown."""
+        with self._checkpoint_lock:
+            self._save(self.windows.checkpoint(), [])
+
+    def committable(self) -> dict[int, tuple[int, str]]:
+        """Per partition, the offset (with its metadata) the last checkpoint written covers."""
+        saved = self._saved
+        if saved is None:
+            return {}
+        own = self._store.store_id if self._store is not None else ""
+        return {int(p): (m["replay_from"], json.dumps({"driftline": 1, "store": own, "position": m["position"],
+                                                       "closed": m["closed"]}, separators=(",", ":")))
+                for p, m in saved.get("partitions", {}).items()}
+
+    def _save(self, state: dict[str, Any], results: list[WindowResult]) -> None:
+        """Caller holds _checkpoint_lock."""
+        state["topic"] = self.settings.kafka.topic
+        state["streak"] = self._trigger.streak if self._trigger is not None else 0
+        marks = {int(p): PartitionMark.from_json(m) for p, m in state["partitions"].items()}
+        for p, m in self._known_marks.items():  # revoked partitions: their last known marks
+            if p not in marks:
+                state["partitions"][str(p)] = m.to_json()
+        if self._store is None:
+            self._saved = state
+            return
+        if not results and state == self._saved:
+            return
+        rows = [ResultRow(r.horizon, r.window_start, r.window_end, r.events, r.status.value, r.dataset_drift,
+                          r.drift_share, json.dumps(result_json(r), separators=(",", ":"))) for r in results]
+        try:
+            self._store.save_checkpoint(self.name, state, rows, self._clock())
+        except Exception:
+            # Kafka offsets stay where the last checkpoint left them: nothing is lost, the
+            # windows since are rebuilt after a restart
+            log.exception("monitor %s: checkpoint not written", self.name)
+            return
+        self._saved = state
+        self._known_marks.update(marks)
 
     def consumed_total(self) -> int:
         return self._consumed_n
@@ -194,10 +375,25 @@ class Monitor:
 
     # -- evaluation (scheduler thread) ---------------------------------------------------------
     def evaluate_due(self) -> list[WindowResult]:
-        results = []
-        for size, window in self.windows.close_due():
-            horizon = self._horizon_of[size]
-            result = evaluate_window(window, self._reference, self.settings, self.feature_names, horizon)
+        """Close and evaluate the windows due, feed the trigger, checkpoint with the results."""
+        with self._checkpoint_lock:
+            closed, state = self.windows.close_and_checkpoint()
+            results = []
+            for size, window in closed:
+                result = evaluate_window(window, self._reference, self.settings, self.feature_names,
+                                         self._horizon_of[size])
+                results.append(result)
+                # retraining follows the buckets; longer horizons inform, they do not trigger
+                if self._trigger is not None and result.horizon == self.horizons[0]:
+                    outcome = self._trigger.observe(result)
+                    if outcome is not None:
+                        self._metrics.retrain_triggers.labels(self.name, outcome).inc()
+                        log.warning("monitor %s: retraining %s after %d drifted windows", self.name,
+                                    "requested" if outcome == "requested" else "not requested (cooldown)",
+                                    self._trigger.settings.consecutive_windows)
+            self._save(state, results)
+        for result in results:
+            horizon = result.horizon
             self.evaluation_duration.observe(result.duration_seconds)
             self._metrics.windows.labels(self.name, result.status.value).inc()
             with self._lock:
@@ -208,15 +404,6 @@ class Monitor:
             log.info("monitor %s %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
                      self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), result.events,
                      result.status.value, result.drift_share, drifted)
-            # retraining follows the buckets; longer horizons inform, they do not trigger
-            if self._trigger is not None and horizon == self.horizons[0]:
-                outcome = self._trigger.observe(result)
-                if outcome is not None:
-                    self._metrics.retrain_triggers.labels(self.name, outcome).inc()
-                    log.warning("monitor %s: retraining %s after %d drifted windows", self.name,
-                                "requested" if outcome == "requested" else "not requested (cooldown)",
-                                self._trigger.settings.consecutive_windows)
-            results.append(result)
         return results
 
     # -- reference reload -----------------------------------------------------------------------
@@ -238,6 +425,20 @@ class Monitor:
             self._reference = new
             log.info("monitor %s: reference reloaded, now %s", self.name, new.content_hash)
         return changed, new.content_hash
+
+
+def _parse_mark(offset: int | None, metadata: str) -> tuple[str, PartitionMark] | None:
+    """(store id, mark) from a committed offset's metadata, if driftline wrote it."""
+    if offset is None or not metadata.startswith("{"):
+        return None
+    try:
+        d = json.loads(metadata)
+        if d.get("driftline") != 1:
+            return None
+        closed = d.get("closed")
+        return str(d["store"]), PartitionMark(offset, int(d["position"]), None if closed is None else int(closed))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _fmt(t: float) -> str:

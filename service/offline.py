@@ -31,8 +31,7 @@ from pydantic import ValidationError
 
 from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
-from .evaluation import FeatureDrift, WindowResult, evaluate_window
-from .http import feature_json
+from .evaluation import FeatureDrift, WindowResult, evaluate_window, feature_json
 from .monitor import MonitorSetupError, feature_kinds
 from .reference import (
     ReferenceError,

@@ -1,16 +1,23 @@
-"""The service's local store (SQLite): the webhook outbox and the retraining cooldowns.
+"""The service's local store (SQLite): checkpoints, window results, the webhook outbox
+and the retraining cooldowns.
 
-A retraining request is written here before any attempt to deliver it, so it survives a
-restart and keeps its webhook-id on every retry. Only aggregates and request bodies are
-stored, never a raw feature value.
+A monitor's checkpoint (per partition what is accounted for, the window markers, the
+retraining streak) and the results of the windows that closed since the last one are
+written in one transaction; Kafka offsets are committed only from a checkpoint already
+written. A retraining request is written here before any attempt to deliver it, so it
+survives a restart and keeps its webhook-id on every retry. Only positions, counts, drift
+scores and request bodies are stored, never a raw feature value.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -30,7 +37,45 @@ CREATE TABLE IF NOT EXISTS retrain_state (
     monitor TEXT PRIMARY KEY,
     last_requested_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    monitor TEXT PRIMARY KEY,
+    state TEXT NOT NULL,  -- JSON: partition positions, window markers, retraining streak
+    saved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    monitor TEXT NOT NULL,
+    horizon TEXT NOT NULL,
+    window_start REAL NOT NULL,
+    window_end REAL NOT NULL,
+    events INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    dataset_drift INTEGER NOT NULL,
+    drift_share REAL NOT NULL,
+    result TEXT NOT NULL,  -- JSON, as the status API shows it: scores, never values
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS window_results_by_monitor ON window_results (monitor, id);
+CREATE TABLE IF NOT EXISTS store_info (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+# window results kept per monitor (older ones are deleted as new ones come)
+RESULTS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    horizon: str
+    window_start: float
+    window_end: float
+    events: int
+    status: str
+    dataset_drift: bool
+    drift_share: float
+    result: str
 
 
 @dataclass(frozen=True)
@@ -53,10 +98,55 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._db.execute("INSERT OR IGNORE INTO store_info (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
+        self.store_id: str = self._db.execute("SELECT value FROM store_info WHERE key = 'id'").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, monitor: str, state: dict[str, Any], results: list[ResultRow], now: float) -> None:
+        """The monitor's state and the results of the windows it closed, atomically."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO checkpoints (monitor, state, saved_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(monitor) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
+                    (monitor, json.dumps(state, separators=(",", ":"), sort_keys=True), now))
+                if results:
+                    self._db.executemany(
+                        "INSERT INTO window_results (monitor, horizon, window_start, window_end, events, status, "
+                        "dataset_drift, drift_share, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(monitor, r.horizon, r.window_start, r.window_end, r.events, r.status, int(r.dataset_drift),
+                          r.drift_share, r.result, now) for r in results])
+                    self._db.execute(
+                        "DELETE FROM window_results WHERE monitor = ? AND id <= "
+                        "(SELECT id FROM window_results WHERE monitor = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                        (monitor, monitor, RESULTS_KEPT))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def load_checkpoint(self, monitor: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM checkpoints WHERE monitor = ?", (monitor,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def window_results(self, monitor: str, limit: int = 100) -> list[tuple[ResultRow, float]]:
+        """The latest window results of a monitor, newest first, with when they were recorded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT horizon, window_start, window_end, events, status, dataset_drift, drift_share, result, "
+                "recorded_at FROM window_results WHERE monitor = ? ORDER BY id DESC LIMIT ?",
+                (monitor, limit)).fetchall()
+        return [(ResultRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]), r[8]) for r in rows]
+
+    def has_message(self, message_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone() is not None
 
     # -- outbox ----------------------------------------------------------------------
     def enqueue(self, message_id: str, monitor: str, url: str, body: str, now: float) -> None:

@@ -30,11 +30,17 @@ class RetrainTrigger:
         if self.streak < self.settings.consecutive_windows:
             return None
         self.streak = 0
+        # The id follows from the window: after a crash between this request and the
+        # checkpoint of its window, the window is rebuilt and closes again, and the request
+        # it makes is the one already in the outbox, not a second one.
+        message_id = "msg_" + uuid.uuid5(uuid.NAMESPACE_URL, "driftline:" + json.dumps(
+            [self.monitor, result.horizon, result.window_start, result.window_end, result.events])).hex
+        if self._store.has_message(message_id):
+            return "requested"
         now = self._clock()
         last = self._store.last_retrain_request(self.monitor)
         if last is not None and now - last < self.settings.cooldown:
             return "suppressed_cooldown"
-        message_id = "msg_" + uuid.uuid4().hex
         body = json.dumps(request_body(message_id, result, self.settings.consecutive_windows, now),
                           separators=(",", ":"), sort_keys=True, allow_nan=False)
         self._store.request_retrain(self.monitor, message_id, self.settings.webhook_url, body, now)

@@ -20,6 +20,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from driftline.collectors.events import MISSING, DecodedBatch
@@ -89,7 +90,9 @@ class NumericalValues:
         return self.seen == len(self.values)
 
     def sample(self) -> ColumnSample:
-        return ColumnSample(ColumnKind.NUMERICAL, values=np.frombuffer(self.values, dtype=np.float64).copy())
+        # sorted: the result does not depend on the order events arrived in (partitions
+        # interleave differently from run to run, and sums in another order round apart)
+        return ColumnSample(ColumnKind.NUMERICAL, values=np.sort(np.frombuffer(self.values, dtype=np.float64)))
 
 
 @dataclass
@@ -109,6 +112,8 @@ class WindowProfile:
     model_versions: Counter[str] = field(default_factory=Counter)
     first_event_time: float = math.inf
     last_event_time: float = -math.inf
+    # partition -> offset of its first event in this window: where a rebuild re-reads from
+    first_offsets: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.missing = [0] * len(self.kinds)
@@ -184,7 +189,8 @@ class WindowProfile:
     def sample(self, i: int) -> ColumnSample:
         if i in self.numerical:
             return self.numerical[i].sample()
-        return ColumnSample.categorical(dict(self.categorical[i]))
+        # labels in sorted order, not arrival order: sums over them must not round apart
+        return ColumnSample.categorical(dict(sorted(self.categorical[i].items())))
 
     def exact(self, i: int) -> bool:
         return i not in self.numerical or self.numerical[i].exact
@@ -193,7 +199,7 @@ class WindowProfile:
         if isinstance(self._prediction, NumericalValues):
             return self._prediction.sample()
         if isinstance(self._prediction, Counter):
-            return ColumnSample.categorical(dict(self._prediction))
+            return ColumnSample.categorical(dict(sorted(self._prediction.items())))
         return None
 
 
@@ -218,6 +224,18 @@ def one_event(kinds: tuple[ColumnKind, ...], prediction_kind: ColumnKind | None,
         np.array([event_time]), pred, None, label(model_version))
 
 
+def _note_first_offsets(w: WindowProfile, origin: Origin | None, rows: np.ndarray) -> None:
+    """Record, per partition, the first offset this window holds (rows: mask or indices)."""
+    if origin is None or origin.partitions.size == 0:
+        return
+    parts, offs = origin.partitions[rows], origin.offsets[rows]
+    if parts.size == 0:
+        return
+    uniq, first = np.unique(parts, return_index=True)
+    for p, j in zip(uniq.tolist(), first.tolist(), strict=True):
+        w.first_offsets.setdefault(p, int(offs[j]))
+
+
 def _fold_rare(counts: Counter[str]) -> None:
     keep = dict(counts.most_common(MAX_LABELS - 1))
     other = sum(counts.values()) - sum(keep.values())
@@ -229,11 +247,52 @@ def _fold_rare(counts: Counter[str]) -> None:
 Clock = Callable[[], float]
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a batch's events came from: per event its partition and offset, and per
+    partition the offset after the batch's last record (valid or not)."""
+
+    partitions: np.ndarray
+    offsets: np.ndarray
+    next_offsets: dict[int, int]
+    replay: bool = False  # read again after a restart or rebalance: counted before
+
+
+@dataclass(frozen=True)
+class PartitionMark:
+    """What a partition's previous reader had accounted for, from its checkpoint.
+
+    Records before `replay_from` are in windows it closed: they are skipped. Records from
+    `replay_from` to `position` were read before: those of windows still open are added
+    again (the open windows are rebuilt from Kafka, as no raw value is stored), the others
+    skipped, and none is counted again. Time windows up to index `closed` were closed and
+    evaluated by that reader.
+    """
+
+    replay_from: int
+    position: int
+    closed: int | None = None
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PartitionMark:
+        closed = d.get("closed")
+        return cls(int(d["replay_from"]), int(d["position"]), None if closed is None else int(closed))
+
+
 class TumblingWindows:
     """Assigns events to tumbling windows and hands out the ones that have closed.
 
-    The consumer thread calls `add`; the evaluation job calls `close_due`. Both take the
-    same lock, held only for a dict lookup and an append.
+    The consumer thread calls `add_batch`; the evaluation job calls `close_due`. Both take
+    the same lock, held only for a dict lookup and an append.
+
+    Crash safety: `checkpoint()` describes, per partition, what is accounted for (a
+    `PartitionMark`) plus the window markers, all taken under the lock, so one consistent
+    cut. It holds positions and counters only: open windows are rebuilt after a restart or
+    a rebalance by reading their events from Kafka again (`adopt` a partition's mark, then
+    feed its records with `Origin.replay` while they are below the mark's position).
     """
 
     def __init__(self, *, kind: str, size: float, allowed_lateness: float, kinds: tuple[ColumnKind, ...],
@@ -251,11 +310,15 @@ class TumblingWindows:
         self._lock = threading.Lock()
         self._open: dict[int, WindowProfile] = {}
         self._closed: list[WindowProfile] = []
-        self._last_closed_index = -math.inf
+        self._last_closed_index: float = -math.inf
         self._max_event_time = -math.inf
         self._wall_at_max_event = 0.0
         self._count_index = 0
         self.late_events = 0
+        self._positions: dict[int, int] = {}  # partition -> offset after the last record read
+        self._marks: dict[int, PartitionMark] = {}  # partitions still replaying what was read before
+        self._closed_floor: dict[int, int] = {}  # partition -> windows its previous reader closed
+        self._paused = False  # partitions revoked, not yet assigned again: nothing may close
 
     def _new(self, start: float, end: float) -> WindowProfile:
         return WindowProfile(self._kinds, start, end, self._budget, prediction_kind=self._prediction_kind)
@@ -266,54 +329,89 @@ class TumblingWindows:
         batch = one_event(self._kinds, self._prediction_kind, features, event_time, prediction, model_version)
         return self.add_batch(batch) == 0
 
-    def add_batch(self, batch: DecodedBatch) -> int:
-        """Account for a decoded batch; return how many events arrived after their window closed."""
+    def add_batch(self, batch: DecodedBatch, origin: Origin | None = None) -> int:
+        """Account for a decoded batch; return how many events arrived after their window
+        closed (replayed events are never counted: they were before)."""
+        with self._lock:
+            late = self._add(batch, origin)
+            if origin is not None:
+                for p, nxt in origin.next_offsets.items():
+                    if nxt > self._positions.get(p, -1):
+                        self._positions[p] = nxt
+                    mark = self._marks.get(p)
+                    if mark is not None and nxt >= mark.position:
+                        del self._marks[p]  # caught up: what follows is new
+                        self._resume_watermark()
+            return late
+
+    def _add(self, batch: DecodedBatch, origin: Origin | None) -> int:
         if batch.size == 0:
             return 0
-        with self._lock:
-            if self.kind == "count":
-                start = 0
-                while start < batch.size:
-                    w = self._open.get(self._count_index)
-                    if w is None:
-                        t0 = float(batch.event_time[start])
-                        w = self._open[self._count_index] = self._new(t0, t0)
-                    take = min(int(self.size) - w.events, batch.size - start)
-                    w.add_batch(batch.select(np.arange(start, start + take)))
-                    w.start, w.end = w.first_event_time, w.last_event_time
-                    start += take
-                    if w.events >= self.size:
-                        self._closed.append(self._open.pop(self._count_index))
-                        self._count_index += 1
-                return 0
-            index = np.floor(batch.event_time / self.size).astype(np.int64)
-            on_time = index > self._last_closed_index
-            late = batch.size - int(np.count_nonzero(on_time))
-            self.late_events += late
-            for i in np.unique(index[on_time]).tolist():
-                w = self._open.get(i)
+        if self.kind == "count":
+            start = 0
+            while start < batch.size:
+                w = self._open.get(self._count_index)
                 if w is None:
-                    w = self._open[i] = self._new(i * self.size, (i + 1) * self.size)
-                rows = index == i
-                w.add_batch(batch if rows.all() else batch.select(rows))
-            newest = float(batch.event_time[on_time].max()) if late < batch.size else -math.inf
-            if newest > self._max_event_time:
-                self._max_event_time = newest
-                self._wall_at_max_event = self._clock()
-            return late
+                    t0 = float(batch.event_time[start])
+                    w = self._open[self._count_index] = self._new(t0, t0)
+                take = min(int(self.size) - w.events, batch.size - start)
+                rows = np.arange(start, start + take)
+                w.add_batch(batch.select(rows))
+                _note_first_offsets(w, origin, rows)
+                w.start, w.end = w.first_event_time, w.last_event_time
+                start += take
+                if w.events >= self.size:
+                    self._closed.append(self._open.pop(self._count_index))
+                    self._count_index += 1
+            return 0
+        index = np.floor(batch.event_time / self.size).astype(np.int64)
+        floor = self._last_closed_index
+        if origin is not None and self._closed_floor:
+            floors = np.array([max(floor, self._closed_floor.get(p, floor)) for p in origin.partitions.tolist()])
+            on_time = index > floors
+        else:
+            on_time = index > floor
+        late = batch.size - int(np.count_nonzero(on_time))
+        if origin is None or not origin.replay:
+            self.late_events += late
+        for i in np.unique(index[on_time]).tolist():
+            w = self._open.get(i)
+            if w is None:
+                w = self._open[i] = self._new(i * self.size, (i + 1) * self.size)
+            rows = index == i
+            w.add_batch(batch if rows.all() else batch.select(rows))
+            _note_first_offsets(w, origin, rows)
+        newest = float(batch.event_time[on_time].max()) if late < batch.size else -math.inf
+        if newest > self._max_event_time:
+            self._max_event_time = newest
+            self._wall_at_max_event = self._clock()
+        return 0 if origin is not None and origin.replay else late
 
     def watermark(self) -> float:
         if self._max_event_time == -math.inf:
             return -math.inf
         return self._max_event_time + max(0.0, self._clock() - self._wall_at_max_event)
 
+    @property
+    def replaying(self) -> bool:
+        """True while an adopted partition has not yet been read up to its mark's position:
+        its open windows are incomplete and must not close."""
+        with self._lock:
+            return bool(self._marks) or self._paused
+
     def close_due(self) -> list[tuple[float, WindowProfile]]:
         """(horizon, window) of the windows that closed since the last call, oldest first.
 
         The buckets (windows of `size`) come with horizon `size`; each longer horizon's
         window is the merge of the buckets of its period, closed with its last bucket or
-        when the watermark passes its end."""
+        when the watermark passes its end. Nothing closes while a partition replays."""
+        return self.close_and_checkpoint()[0]
+
+    def close_and_checkpoint(self) -> tuple[list[tuple[float, WindowProfile]], dict[str, Any]]:
+        """`close_due`, and the checkpoint of the state right after, in one cut."""
         with self._lock:
+            if self._marks or self._paused:
+                return [], self._checkpoint()
             mark = -math.inf
             if self.kind == "time":
                 mark = self.watermark() - self.lateness
@@ -330,7 +428,118 @@ class TumblingWindows:
                 if acc is not None and acc.end <= mark:
                     out.append((horizon, acc))
                     self._horizons[horizon] = None
-        return out
+            return out, self._checkpoint()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """The state to store, without closing anything (see `close_and_checkpoint`)."""
+        with self._lock:
+            return self._checkpoint()
+
+    def _checkpoint(self) -> dict[str, Any]:
+        # windows closed but not yet handed out count as open: they are rebuilt, not lost
+        pending = [*self._open.values(), *self._closed]
+        # (only count windows wait there: time windows close and are handed out in one step)
+        closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
+        partitions = {}
+        for p, pos in self._positions.items():
+            firsts = [w.first_offsets[p] for w in pending if p in w.first_offsets]
+            mark = self._marks.get(p)
+            floor = self._closed_floor.get(p)
+            part_closed = closed if floor is None else max(floor, -1 if closed is None else closed)
+            partitions[str(p)] = PartitionMark(
+                replay_from=min(firsts, default=pos) if mark is None else min(mark.replay_from, *firsts, pos),
+                position=pos if mark is None else max(pos, mark.position),
+                closed=part_closed).to_json()
+        return {"kind": self.kind, "closed_index": closed,
+                "count_index": self._count_index - len(self._closed),
+                "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
+                "partitions": partitions}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up the window markers of a checkpoint (partitions are adopted one by one)."""
+        with self._lock:
+            if state.get("kind") != self.kind:
+                return
+            if state.get("closed_index") is not None:
+                self._last_closed_index = int(state["closed_index"])
+            self._count_index = int(state.get("count_index", 0))
+            if state.get("max_event_time") is not None:
+                self._max_event_time = float(state["max_event_time"])
+                self._wall_at_max_event = self._clock()
+
+    def _resume_watermark(self) -> None:
+        """The watermark advances with the wall clock only while this process reads: the
+        time spent down, rejoining and replaying must not close windows early."""
+        if self._max_event_time != -math.inf:
+            self._wall_at_max_event = self._clock()
+
+    def adopt(self, partition: int, mark: PartitionMark | None, start: int | None) -> None:
+        """A partition is now read by this process, from offset `start` (None: unknown yet).
+        With a mark, its records up to the mark's position are a replay (see PartitionMark)."""
+        with self._lock:
+            self._paused = False
+            self._resume_watermark()
+            if mark is None:
+                self._marks.pop(partition, None)
+                if start is not None:
+                    self._positions[partition] = start
+                return
+            self._positions[partition] = mark.replay_from if start is None else min(start, mark.replay_from)
+            if mark.closed is not None:
+                self._closed_floor[partition] = mark.closed
+            if mark.position > self._positions[partition]:
+                self._marks[partition] = mark
+
+    def mark(self, partition: int) -> PartitionMark | None:
+        with self._lock:
+            return self._marks.get(partition)
+
+    def pause(self) -> None:
+        """The partitions are revoked: until they are assigned again, nothing closes (a
+        window holding events of a partition that moves elsewhere must be rebuilt)."""
+        with self._lock:
+            self._paused = True
+
+    def keep(self, partition: int) -> None:
+        """A partition came back to this process with nobody reading it in between: its
+        events stay in the open windows; records before its position are skipped."""
+        with self._lock:
+            self._paused = False
+            pos = self._positions.get(partition)
+            if pos is not None:
+                self._marks[partition] = PartitionMark(pos, pos, None)
+
+    def release(self) -> None:
+        """Partitions went to another process: drop the open windows (the partitions kept
+        are rebuilt from Kafka like the others) and every position."""
+        with self._lock:
+            self._paused = False
+            self._open.clear()
+            self._closed.clear()
+            self._positions.clear()
+            self._marks.clear()
+            self._closed_floor.clear()
+
+    def caught_up(self, positions: dict[int, int]) -> None:
+        """The consumer's fetch positions: a partition whose position reached its mark's
+        has nothing more to replay, even if no record came (an idle partition)."""
+        with self._lock:
+            for p, pos in positions.items():
+                mark = self._marks.get(p)
+                if mark is not None and pos >= mark.position:
+                    del self._marks[p]
+                    self._positions[p] = max(self._positions.get(p, pos), pos)
+                    self._resume_watermark()
+
+    def forget_positions(self) -> None:
+        """The topic was recreated: its old offsets mean nothing any more."""
+        with self._lock:
+            self._positions.clear()
+            self._marks.clear()
+            self._closed_floor.clear()
+            for w in self._open.values():
+                w.first_offsets.clear()
 
     def _roll(self, horizon: float, bucket: WindowProfile) -> list[WindowProfile]:
         closed = []

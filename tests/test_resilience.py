@@ -1,8 +1,9 @@
 """Shutdown and broker trouble, with `driftline run` as a process and a real Tansu broker.
 
-- SIGTERM during traffic: exit 0 within 10 s, the group's committed offset is exactly the
-  position after the last record the service accounted for, and a restart in the same group
-  reads exactly the rest.
+- SIGTERM during traffic: exit 0 within 10 s; the group's committed offset is exactly the
+  start of the open window (from where it is rebuilt), its checkpoint has the position after
+  the last record the service accounted for; a restart in the same group counts exactly the
+  rest and rebuilds the open window without counting it again.
 - The broker stopped (SIGSTOP) for DRIFTLINE_OUTAGE_SECONDS (20 s by default; 60 for the
   issue's full minute, by hand): /healthz and /metrics answer, /readyz turns 503, then 200
   after SIGCONT, and every event is counted exactly once.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from driftline.collectors.local_broker import LocalBroker
@@ -65,12 +68,13 @@ def windows_closed(svc: ServiceProcess) -> float:
                for s in ("evaluated", "insufficient_data"))
 
 
-def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
+def committed_offset(bootstrap: str, group: str, topic: str) -> Any:
+    """The group's committed OffsetAndMetadata of partition 0."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        return c.committed(TopicPartition(topic, 0))
+        return c.committed(TopicPartition(topic, 0), metadata=True)
     finally:
         c.close(autocommit=False)
 
@@ -114,9 +118,13 @@ def test_sigterm_during_traffic_commits_exactly_what_was_accounted_for_and_exits
     m = re.search(r"consumer stopped, (\d+) records consumed, committed offsets \{(?:0: (\d+))?\}", svc.log())
     assert m, svc.log()[-3000:]
     accounted, last_commit = int(m.group(1)), int(m.group(2) or 0)
-    # one partition, a new group: the position after the last accounted-for record is their count
-    assert accounted > 0 and last_commit == accounted
-    assert committed_offset(broker.bootstrap, group, topic) == accounted
+    # one partition, a new group, valid events in count windows: the open window began at
+    # the last multiple of WINDOW; the position after the last record is their count
+    assert accounted > 0 and last_commit == accounted - accounted % WINDOW
+    committed = committed_offset(broker.bootstrap, group, topic)
+    assert committed.offset == last_commit
+    if committed.metadata:  # Tansu drops offset metadata; Kafka keeps it
+        assert json.loads(committed.metadata)["position"] == accounted
     assert accounted < produced[0]  # it stopped with traffic still coming
 
     # a new process in the same group reads exactly the rest: nothing lost, nothing twice
@@ -125,6 +133,10 @@ def test_sigterm_during_traffic_commits_exactly_what_was_accounted_for_and_exits
     wait_until(lambda: consumed(again) >= rest, 60, what="the rest of the topic")
     time.sleep(1.5)
     assert consumed(again) == rest
+    # the rebuilt open window holds the events read before the restart, and those after
+    expect_open = produced[0] % WINDOW
+    wait_until(lambda: again.monitor("credit-risk")["open_window_events"] == expect_open, 10,
+               what=f"{expect_open} events in the open window")
 
 
 def test_a_stopped_broker_makes_driftline_not_ready_then_it_resumes_counting_every_event_once(

@@ -63,7 +63,9 @@ def binned_percents(ref: ColumnSample, cur: ColumnSample, fill_zeroes: bool) -> 
         cur_pct = histogram_of_sorted(cur_sorted, edges) / cur.n
     else:
         ref_map, cur_map = ref.count_map, cur.count_map
-        keys = list(ref_map.keys() | cur_map.keys())
+        # sorted, not Evidently's set order: that varies with PYTHONHASHSEED, and with it the
+        # last bits of the sums, from one process (or restart) to the next
+        keys = sorted(ref_map.keys() | cur_map.keys())
         ref_pct = np.array([ref_map.get(k, 0) for k in keys], dtype=np.float64) / ref.n
         cur_pct = np.array([cur_map.get(k, 0) for k in keys], dtype=np.float64) / cur.n
     if fill_zeroes:
