@@ -82,14 +82,14 @@ def driftline(bootstrap: str, topic: str, n: int, reference: Path) -> float:
                   "allowed_extra_fields": ["request_id"]},
         "window": {"type": "time", "size": "1h", "min_events": 1}})
     monitor = Monitor(settings, 0, DriftlineMetrics(CollectorRegistry()), None)
-    source = KafkaSource(settings.kafka, lambda _: None)
+    source = KafkaSource(settings.kafka, lambda _: None, monitor)
     seen, start = 0, None
     while seen < n:
         polled = source.poll(timeout_ms=500, timestamps=monitor.needs_record_timestamps)
         if polled:
             if start is None:
                 start = time.perf_counter()
-            monitor.consume_batch(polled.values, polled.timestamps_ms or None)
+            monitor.consume(polled)  # the service's path: offsets tracked for checkpoints
             source.mark_processed(polled)
             seen += len(polled)
     elapsed = time.perf_counter() - (start or time.perf_counter())

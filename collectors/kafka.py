@@ -230,8 +230,9 @@ class DeadLetters:
 class PartitionOwner(Protocol):
     """What reads the partitions (a monitor): it keeps their state and says what to commit."""
 
-    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> None:
-        """Partitions newly assigned, with their committed (offset, metadata), before any record."""
+    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> dict[int, int]:
+        """Partitions newly assigned, with their committed (offset, metadata), before any
+        record; returns where to read each from."""
 
     def release(self) -> dict[int, tuple[int, str]]:
         """All partitions are being revoked: the (offset, metadata) to commit for them."""
@@ -281,6 +282,7 @@ class KafkaSource:
     _topic_id: Any = None  # the topic's id as the broker last described it (see _topic_recreated)
     _seek_to_beginning = False
     _after_outage = False  # the broker did not answer for STALE_AFTER s since the last check
+    _adopted_starts: dict[int, int] = {}  # noqa: RUF012  (replaced, never mutated)
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
                  owner: PartitionOwner) -> None:
@@ -371,12 +373,15 @@ class KafkaSource:
             self._to_adopt = self._assigned
         log.info("assigned partitions %s of %s", sorted(self._assigned), self.settings.topic)
 
-    def _adopt_new(self) -> None:
-        """Hand newly assigned partitions, with their committed offsets, to the owner."""
+    def _adopt_new(self) -> bool:
+        """Hand newly assigned partitions, with their committed offsets, to the owner, and
+        seek each where the owner reads it from. True if any was handed over: the records
+        of this poll are then dropped (kafka-python may have fetched a partition it held
+        before from its old position, not from the committed offset)."""
         with self._lock:
             new, self._to_adopt = self._to_adopt, frozenset()
         if not new:
-            return
+            return False
         committed: dict[int, tuple[int, str] | None] = {}
         for p in sorted(new):
             got = self._consumer.committed(TopicPartition(self.settings.topic, p), metadata=True)
@@ -384,7 +389,11 @@ class KafkaSource:
             if got is not None:
                 with self._lock:
                     self._committed[p] = (got.offset, got.metadata or "")
-        self._owner.adopt(committed)
+        starts = self._owner.adopt(committed)
+        for p, offset in starts.items():
+            self._consumer.seek(TopicPartition(self.settings.topic, p), offset)
+        self._adopted_starts = starts
+        return True
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -450,7 +459,11 @@ class KafkaSource:
         if not self._reset_earliest:
             self._reset_to_earliest_from_now_on()
         try:
-            self._adopt_new()
+            if self._adopt_new():
+                for tp, records in batches.items():  # fetched again, from where the owner said
+                    if records and tp.partition not in self._adopted_starts:
+                        self._consumer.seek(tp, records[0].offset)
+                return out
         except KafkaError as exc:  # the committed offsets could not be read: drop, fetch again
             log.warning("committed offsets of newly assigned partitions not read (%s); fetching again", exc)
             with self._lock:

@@ -260,43 +260,55 @@ class Monitor:
         return batch.rejected
 
     # -- partitions and checkpoints ------------------------------------------------------------
-    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> None:
-        """Partitions newly assigned, with their committed offset and its metadata.
+    def adopt(self, committed: dict[int, tuple[int, str] | None]) -> dict[int, int]:
+        """Partitions newly assigned, with their committed offset and its metadata; returns
+        the offset each must be read from (the consumer seeks there).
 
         If the partitions this process held came back and nobody committed them since, the
-        open windows stay as they are. Otherwise they are dropped, and every partition takes
-        up the marks of whoever read it last (this process's own checkpoint, unless another
-        process committed the partition since) to rebuild them."""
+        open windows stay as they are and reading goes on where it was. Otherwise they are
+        dropped, and every partition takes up the marks of whoever read it last (this
+        process's own checkpoint, unless another process committed the partition since) and
+        is read from where its open windows begin."""
         own = self._store.store_id if self._store is not None else None
         saved = {int(p): m["replay_from"] for p, m in (self._saved or {}).get("partitions", {}).items()}
         parked, self._parked = self._parked, None
 
-        def moved(p: int) -> bool:
-            if p not in committed:
-                return True
-            got = committed[p]
+        def others(p: int) -> bool:
+            """True if another process committed p since this one's last checkpoint of it."""
+            got = committed.get(p)
             if got is None:
                 return False
             theirs = _parse_mark(got[0], got[1])
-            return (theirs is not None and theirs[0] != own) or (p in saved and got[0] != saved[p])
+            if theirs is not None:
+                return theirs[0] != own
+            return p not in saved or got[0] != saved[p]  # no metadata (e.g. Tansu): by offset
 
-        keep = parked is not None and not any(moved(p) for p in parked)
+        keep = parked is not None and all(p in committed and not others(p) for p in parked)
         if parked is not None and not keep:
             log.info("monitor %s: partitions moved (held %s, now %s): open windows rebuilt from Kafka",
                      self.name, sorted(parked), sorted(committed))
             self.windows.release()
+        starts: dict[int, int] = {}
         for p, got in sorted(committed.items()):
             if keep and parked is not None and p in parked:
-                self.windows.keep(p)
+                pos = self.windows.keep(p)
+                if pos is not None:
+                    starts[p] = pos
                 continue
             offset, meta = (got if got is not None else (None, ""))
             theirs = _parse_mark(offset, meta)
-            mine = self._known_marks.get(p)
-            mark = theirs[1] if theirs is not None and (theirs[0] != own or mine is None) else mine
+            if others(p):
+                mark = theirs[1] if theirs is not None else None
+            else:
+                mark = self._known_marks.get(p) or (theirs[1] if theirs is not None else None)
             self.windows.adopt(p, mark, offset)
-            log.info("monitor %s: partition %d from offset %s%s", self.name, p, offset,
+            start = mark.replay_from if mark is not None else offset
+            if start is not None:
+                starts[p] = start
+            log.info("monitor %s: partition %d from offset %s%s", self.name, p, start,
                      f", replaying to {mark.position} (windows up to #{mark.closed} closed)"
-                     if mark is not None and offset is not None and mark.position > offset else "")
+                     if mark is not None and start is not None and mark.position > start else "")
+        return starts
 
     def release(self) -> dict[int, tuple[int, str]]:
         """All partitions are being revoked (a rebalance, or shutdown): close what is due,

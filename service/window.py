@@ -485,7 +485,7 @@ class TumblingWindows:
                 if start is not None:
                     self._positions[partition] = start
                 return
-            self._positions[partition] = mark.replay_from if start is None else min(start, mark.replay_from)
+            self._positions[partition] = mark.replay_from
             if mark.closed is not None:
                 self._closed_floor[partition] = mark.closed
             if mark.position > self._positions[partition]:
@@ -501,14 +501,13 @@ class TumblingWindows:
         with self._lock:
             self._paused = True
 
-    def keep(self, partition: int) -> None:
+    def keep(self, partition: int) -> int | None:
         """A partition came back to this process with nobody reading it in between: its
-        events stay in the open windows; records before its position are skipped."""
+        events stay in the open windows. Returns its position, where reading goes on."""
         with self._lock:
             self._paused = False
-            pos = self._positions.get(partition)
-            if pos is not None:
-                self._marks[partition] = PartitionMark(pos, pos, None)
+            self._marks.pop(partition, None)
+            return self._positions.get(partition)
 
     def release(self) -> None:
         """Partitions went to another process: drop the open windows (the partitions kept

@@ -227,14 +227,14 @@ def _stream(seed: int, partitions: int = 3, n: int = 600) -> list[tuple[int, int
     per: list[list[tuple[int, int, float, float, str]]] = [[] for _ in range(partitions)]
     for i in range(n):
         p = i % partitions
-        t = 1000.0 + i * 0.5 + float(rng.normal(0, 4))
+        t = 1000.0 + i * 0.5 + float(rng.normal(0, 2))
         per[p].append((p, len(per[p]), t, float(rng.normal()), f"v{int(rng.integers(4))}"))
     order = []
     heads = [0] * partitions
     p = 0
     while any(heads[p] < len(per[p]) for p in range(partitions)):
         p = (p + 1) % partitions
-        take = int(rng.integers(1, 12))
+        take = int(rng.integers(1, 7))
         order.extend(per[p][heads[p]:heads[p] + take])
         heads[p] += take
     # then an event far ahead in each partition, which closes every window before it
@@ -298,7 +298,8 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
     steady = new()
     want = run(steady, batches)
     # Which events come too late depends on when windows are closed, which differs between
-    # any two runs, crashed or not: the comparison holds where the lateness covers them.
+    # any two runs, crashed or not: the comparison holds where the lateness covers the skew
+    # (as the stream is built: partitions interleave by a few events, times jitter by 2 s).
     assume(steady.late_events == 0)
     w = new()
     at = int(len(batches) * cut)

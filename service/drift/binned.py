@@ -65,7 +65,7 @@ def binned_percents(ref: ColumnSample, cur: ColumnSample, fill_zeroes: bool) -> 
         ref_map, cur_map = ref.count_map, cur.count_map
         # sorted, not Evidently's set order: that varies with PYTHONHASHSEED, and with it the
         # last bits of the sums, from one process (or restart) to the next
-        keys = sorted(ref_map.keys() | cur_map.keys())
+        keys = sorted(ref_map.keys() | cur_map.keys(), key=repr)
         ref_pct = np.array([ref_map.get(k, 0) for k in keys], dtype=np.float64) / ref.n
         cur_pct = np.array([cur_map.get(k, 0) for k in keys], dtype=np.float64) / cur.n
     if fill_zeroes:
