@@ -332,11 +332,6 @@ class Monitor:
             if self._saved is not None:
                 self._saved = {**self._saved, "partitions": {}}
 
-    def checkpoint(self) -> None:
-        """Write the current state (nothing closes): before a revoke or at shutdown."""
-        with self._checkpoint_lock:
-            self._save(self.windows.checkpoint(), [])
-
     def committable(self) -> dict[int, tuple[int, str]]:
         """Per partition, the offset (with its metadata) the last checkpoint written covers."""
         saved = self._saved
