@@ -231,9 +231,10 @@ def _stream(seed: int, partitions: int = 3, n: int = 600) -> list[tuple[int, int
         per[p].append((p, len(per[p]), t, float(rng.normal()), f"v{int(rng.integers(4))}"))
     order = []
     heads = [0] * partitions
-    p = 0
     while any(heads[p] < len(per[p]) for p in range(partitions)):
-        p = (p + 1) % partitions
+        # mostly the partition furthest behind, sometimes any: a bounded skew between them
+        waiting = [q for q in range(partitions) if heads[q] < len(per[q])]
+        p = min(waiting, key=lambda q: heads[q]) if rng.random() < 0.5 else int(rng.choice(waiting))
         take = int(rng.integers(1, 7))
         order.extend(per[p][heads[p]:heads[p] + take])
         heads[p] += take
@@ -264,15 +265,18 @@ def _feed(w: TumblingWindows, events: list[tuple[int, int, float, float, str]], 
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), cut=st.floats(0.05, 0.95), lost=st.integers(0, 40),
-       kind=st.sampled_from(["count"]))
+       kind=st.sampled_from(["time", "count"]))
 def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterrupted_run(
         seed: int, cut: float, lost: int, kind: str) -> None:
     """Crash after a checkpoint (and `lost` batches it never covered): a new process restores
     it, re-reads each partition from its replay_from and closes the same windows, none twice.
 
-    Count windows only for now: with time windows this simulation found a case (seed 8932,
-    cut 0.5) where the restarted run counts 6 events late that the uninterrupted run did
-    not, an open finding of issue 4 (the end-to-end kill -9 test with time windows passes)."""
+    With time windows the comparison holds where no event can come late, whenever windows
+    close: each event is less than the allowed lateness behind the newest event read before
+    it. Otherwise which events are late depends on when the windows close (at batch
+    boundaries here, evaluation ticks in the service), which differs between any two runs,
+    crashed or not: an earlier version of this test compared a stream lagging 42 s behind
+    itself with 30 s of lateness and saw the restarted run count 6 events late."""
     from driftline.collectors.events import EventDecoder
     from driftline.service.config import EventSchema
 
@@ -280,13 +284,12 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
                                          "event_time": {"path": "ts"}})
     decoder = EventDecoder(schema, {"x": ColumnKind.NUMERICAL, "c": ColumnKind.CATEGORICAL})
     events = _stream(seed, partitions=1 if kind == "count" else 3)
+    lateness = 60.0
     batches = [events[i:i + 25] for i in range(0, len(events), 25)]
     clock = FakeClock(0.0)  # the watermark follows event time only
 
     def new() -> TumblingWindows:
-        # lateness covers the skew between partitions: which events come late depends on when
-        # windows are closed, which differs between any two runs, crashed or not
-        return TumblingWindows(kind=kind, size=20.0 if kind == "time" else 70, allowed_lateness=30.0, kinds=KINDS,
+        return TumblingWindows(kind=kind, size=20.0 if kind == "time" else 70, allowed_lateness=lateness, kinds=KINDS,
                                prediction_kind=None, clock=clock)
 
     def summary(ws: list[WindowProfile]) -> list[tuple[float, int, list[float], dict[str, int]]]:
@@ -299,12 +302,11 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
             out.extend(p for _, p in w.close_and_checkpoint()[0])
         return out
 
+    newest = np.maximum.accumulate([t for _, _, t, _, _ in events])
+    assume(max(newest - [t for _, _, t, _, _ in events]) < lateness)
     steady = new()
     want = run(steady, batches)
-    # Which events come too late depends on when windows are closed, which differs between
-    # any two runs, crashed or not: the comparison holds where the lateness covers the skew
-    # (as the stream is built: partitions interleave by a few events, times jitter by 2 s).
-    assume(steady.late_events == 0)
+    assert steady.late_events == 0
     w = new()
     at = int(len(batches) * cut)
     before = run(w, batches[:at])
