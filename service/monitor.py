@@ -299,6 +299,7 @@ class Monitor:
             theirs = _parse_mark(offset, meta)
             if others(p):
                 mark = theirs[1] if theirs is not None else None
+                self._known_marks.pop(p, None)  # this process's own mark of it is stale now
             else:
                 mark = self._known_marks.get(p) or (theirs[1] if theirs is not None else None)
             self.windows.adopt(p, mark, offset)
@@ -390,8 +391,9 @@ class Monitor:
                 result = evaluate_window(window, self._reference, self.settings, self.feature_names,
                                          self._horizon_of[size])
                 results.append(result)
-                # retraining follows the buckets; longer horizons inform, they do not trigger
-                if self._trigger is not None and result.horizon == self.horizons[0]:
+                # retraining follows the buckets; longer horizons inform, they do not trigger,
+                # nor do shares of windows evaluated before (they come out of order)
+                if self._trigger is not None and result.horizon == self.horizons[0] and result.partitions is None:
                     outcome = self._trigger.observe(result)
                     if outcome is not None:
                         self._metrics.retrain_triggers.labels(self.name, outcome).inc()
@@ -403,13 +405,15 @@ class Monitor:
             horizon = result.horizon
             self.evaluation_duration.observe(result.duration_seconds)
             self._metrics.windows.labels(self.name, result.status.value).inc()
-            with self._lock:
-                self._latest[horizon] = result
-                if result.status is WindowStatus.EVALUATED:
-                    self._latest_evaluated[horizon] = result
+            if result.partitions is None:  # a share is not the monitor's latest state
+                with self._lock:
+                    self._latest[horizon] = result
+                    if result.status is WindowStatus.EVALUATED:
+                        self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
-            log.info("monitor %s %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
-                     self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), result.events,
+            share = "" if result.partitions is None else f" (share of partitions {list(result.partitions)})"
+            log.info("monitor %s %s window %s..%s%s: %d events, %s, drift share %.2f, drifted: %s",
+                     self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), share, result.events,
                      result.status.value, result.drift_share, drifted)
         return results
 

@@ -10,6 +10,14 @@ close when the watermark passes their end plus the allowed lateness. The waterma
 the latest event time seen, advanced by the wall-clock time elapsed since that event
 arrived: it follows event time while a backlog is replayed, and still closes the last
 window when traffic stops.
+
+A partition handed over from another process (a rebalance) may be behind this process's
+windows: the windows its events belong to were closed here already, with this process's
+own partitions only. Such a partition gets a lane of its own (`_Lane`): its events fill
+windows of that partition alone, closed by its own watermark and evaluated as shares
+(`WindowProfile.partitions`), until it has caught up and its windows merge into the
+process's. So a handed-over window's events are counted once, by some process, instead
+of arriving late.
 """
 
 from __future__ import annotations
@@ -114,6 +122,8 @@ class WindowProfile:
     last_event_time: float = -math.inf
     # partition -> offset of its first event in this window: where a rebuild re-reads from
     first_offsets: dict[int, int] = field(default_factory=dict)
+    # a share: these partitions' events only, of a window already evaluated here without them
+    partitions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.missing = [0] * len(self.kinds)
@@ -257,6 +267,18 @@ class Origin:
     next_offsets: dict[int, int]
     replay: bool = False  # read again after a restart or rebalance: counted before
 
+    def select(self, rows: np.ndarray) -> Origin:
+        return Origin(self.partitions[rows], self.offsets[rows], self.next_offsets, self.replay)
+
+
+@dataclass
+class _Lane:
+    """The windows of one partition that is behind this process's closed windows."""
+
+    open: dict[int, WindowProfile] = field(default_factory=dict)
+    max_event_time: float = -math.inf
+    wall_at_max_event: float = 0.0
+
 
 @dataclass(frozen=True)
 class PartitionMark:
@@ -266,7 +288,7 @@ class PartitionMark:
     `replay_from` to `position` were read before: those of windows still open are added
     again (the open windows are rebuilt from Kafka, as no raw value is stored), the others
     skipped, and none is counted again. Time windows up to index `closed` were closed and
-    evaluated by that reader.
+    evaluated by that reader (None: none).
     """
 
     replay_from: int
@@ -317,7 +339,11 @@ class TumblingWindows:
         self.late_events = 0
         self._positions: dict[int, int] = {}  # partition -> offset after the last record read
         self._marks: dict[int, PartitionMark] = {}  # partitions still replaying what was read before
-        self._closed_floor: dict[int, int] = {}  # partition -> windows its previous reader closed
+        # partition -> windows up to this index are closed for it (by this process or its
+        # previous reader); -inf: none
+        self._closed_floor: dict[int, float] = {}
+        self._floor_from_first: set[int] = set()  # adopted without a known floor
+        self._lanes: dict[int, _Lane] = {}  # partitions behind the closed windows
         self._paused = False  # partitions revoked, not yet assigned again: nothing may close
 
     def _new(self, start: float, end: float) -> WindowProfile:
@@ -365,27 +391,71 @@ class TumblingWindows:
                     self._count_index += 1
             return 0
         index = np.floor(batch.event_time / self.size).astype(np.int64)
-        floor = self._last_closed_index
-        if origin is not None and self._closed_floor:
+        if origin is None:
+            return self._add_timed(batch, index, None)
+        if self._floor_from_first:
+            self._decide_floors(index, origin)
+        if not self._lanes:
+            return self._add_timed(batch, index, origin)
+        in_lane = np.isin(origin.partitions, list(self._lanes))
+        late = 0
+        for p in np.unique(origin.partitions[in_lane]).tolist():
+            rows = origin.partitions == p
+            late += self._add_timed(batch.select(rows), index[rows], origin.select(rows), p)
+        if not in_lane.all():
+            rest = ~in_lane
+            late += self._add_timed(batch.select(rest), index[rest], origin.select(rest))
+        return late
+
+    def _add_timed(self, batch: DecodedBatch, index: np.ndarray, origin: Origin | None,
+                   lane: int | None = None) -> int:
+        """Add to this process's windows, or (lane: a partition) to that partition's lane."""
+        if lane is not None:
+            on_time = index > self._closed_floor.get(lane, -math.inf)
+        elif origin is not None and self._closed_floor:
+            floor = self._last_closed_index
             floors = np.array([max(floor, self._closed_floor.get(p, floor)) for p in origin.partitions.tolist()])
             on_time = index > floors
         else:
-            on_time = index > floor
+            on_time = index > self._last_closed_index
         late = batch.size - int(np.count_nonzero(on_time))
-        if origin is None or not origin.replay:
+        replay = origin is not None and origin.replay
+        if not replay:
             self.late_events += late
+        windows = self._open if lane is None else self._lanes[lane].open
         for i in np.unique(index[on_time]).tolist():
-            w = self._open.get(i)
+            w = windows.get(i)
             if w is None:
-                w = self._open[i] = self._new(i * self.size, (i + 1) * self.size)
+                w = windows[i] = self._new(i * self.size, (i + 1) * self.size)
             rows = index == i
             w.add_batch(batch if rows.all() else batch.select(rows))
             _note_first_offsets(w, origin, rows)
         newest = float(batch.event_time[on_time].max()) if late < batch.size else -math.inf
-        if newest > self._max_event_time:
+        if lane is not None:
+            behind = self._lanes[lane]
+            if newest > behind.max_event_time:
+                behind.max_event_time, behind.wall_at_max_event = newest, self._clock()
+        elif newest > self._max_event_time:
             self._max_event_time = newest
             self._wall_at_max_event = self._clock()
-        return 0 if origin is not None and origin.replay else late
+        return 0 if replay else late
+
+    def _decide_floors(self, index: np.ndarray, origin: Origin) -> None:
+        """A partition adopted without a known floor (its previous reader's commit carried
+        no marks: e.g. Tansu drops commit metadata): its first record, at the committed
+        offset, begins the oldest window that reader left open, so the windows before were
+        closed for it. (Wrong only if that reader had skipped a whole window of the
+        partition and records of that window follow: they count as late.)"""
+        for p in set(origin.partitions.tolist()) & self._floor_from_first:
+            first = int(np.argmax(origin.partitions == p))
+            floor = float(index[first] - 1)
+            self._closed_floor[p] = floor
+            self._floor_from_first.discard(p)
+            self._lane_if_behind(p)
+
+    def _lane_if_behind(self, p: int) -> None:
+        if self.kind == "time" and self._closed_floor.get(p, -math.inf) < self._last_closed_index:
+            self._lanes.setdefault(p, _Lane())
 
     def watermark(self) -> float:
         if self._max_event_time == -math.inf:
@@ -428,7 +498,37 @@ class TumblingWindows:
                 if acc is not None and acc.end <= mark:
                     out.append((horizon, acc))
                     self._horizons[horizon] = None
+            out.extend((self.size, w) for w in self._close_lanes())  # shares: not in the horizons
             return out, self._checkpoint()
+
+    def _close_lanes(self) -> list[WindowProfile]:
+        """Close each lane's windows by its own watermark; merge a lane that has caught up
+        (closed all this process closed, and its event time within half the lateness of
+        the process's) into the process's windows."""
+        out = []
+        now = self._clock()
+        for p, lane in list(self._lanes.items()):
+            if lane.max_event_time != -math.inf:
+                mark = lane.max_event_time + max(0.0, now - lane.wall_at_max_event) - self.lateness
+                for index in sorted(i for i, w in lane.open.items() if w.end <= mark):
+                    w = lane.open.pop(index)
+                    w.partitions = (p,)
+                    out.append(w)
+                    self._closed_floor[p] = max(self._closed_floor.get(p, -math.inf), index)
+            if (self._closed_floor.get(p, -math.inf) >= self._last_closed_index
+                    and lane.max_event_time >= self._max_event_time - self.lateness / 2):
+                self._merge_lane(p)
+        return out
+
+    def _merge_lane(self, p: int) -> None:
+        for i, w in self._lanes.pop(p).open.items():
+            mine = self._open.get(i)
+            if mine is None:
+                self._open[i] = w
+                continue
+            mine.merge(w)
+            for q, o in w.first_offsets.items():
+                mine.first_offsets[q] = min(o, mine.first_offsets.get(q, o))
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -438,15 +538,21 @@ class TumblingWindows:
 
     def _checkpoint(self) -> dict[str, Any]:
         # windows closed but not yet handed out count as open: they are rebuilt, not lost
-        pending = [*self._open.values(), *self._closed]
+        pending = [*self._open.values(), *self._closed,
+                   *(w for lane in self._lanes.values() for w in lane.open.values())]
         # (only count windows wait there: time windows close and are handed out in one step)
         closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
         partitions = {}
         for p, pos in self._positions.items():
+            if p in self._floor_from_first:
+                continue  # nothing known yet: its committed offset stays, and tells the next reader
             firsts = [w.first_offsets[p] for w in pending if p in w.first_offsets]
             mark = self._marks.get(p)
-            floor = self._closed_floor.get(p)
-            part_closed = closed if floor is None else max(floor, -1 if closed is None else closed)
+            floor = self._closed_floor.get(p, -math.inf)
+            if p in self._lanes:
+                part_closed = None if floor == -math.inf else int(floor)
+            else:
+                part_closed = closed if floor == -math.inf else int(max(floor, self._last_closed_index))
             partitions[str(p)] = PartitionMark(
                 replay_from=min(firsts, default=pos) if mark is None else min(mark.replay_from, *firsts, pos),
                 position=pos if mark is None else max(pos, mark.position),
@@ -476,18 +582,27 @@ class TumblingWindows:
 
     def adopt(self, partition: int, mark: PartitionMark | None, start: int | None) -> None:
         """A partition is now read by this process, from offset `start` (None: unknown yet).
-        With a mark, its records up to the mark's position are a replay (see PartitionMark)."""
+        With a mark, its records up to the mark's position are a replay (see PartitionMark).
+
+        Windows up to the mark's `closed` were closed for the partition; without a mark, its
+        first record decides (`_decide_floors`). If that
+        leaves it behind this process's closed windows, it gets a lane (module docstring)."""
         with self._lock:
             self._paused = False
             self._resume_watermark()
+            self._closed_floor.pop(partition, None)
+            self._floor_from_first.discard(partition)
+            self._lanes.pop(partition, None)
             if mark is None:
                 self._marks.pop(partition, None)
                 if start is not None:
                     self._positions[partition] = start
+                    if self.kind == "time":
+                        self._floor_from_first.add(partition)
                 return
             self._positions[partition] = mark.replay_from
-            if mark.closed is not None:
-                self._closed_floor[partition] = mark.closed
+            self._closed_floor[partition] = -math.inf if mark.closed is None else mark.closed
+            self._lane_if_behind(partition)
             if mark.position > self._positions[partition]:
                 self._marks[partition] = mark
 
@@ -519,6 +634,8 @@ class TumblingWindows:
             self._positions.clear()
             self._marks.clear()
             self._closed_floor.clear()
+            self._floor_from_first.clear()
+            self._lanes.clear()
 
     def caught_up(self, positions: dict[int, int]) -> None:
         """The consumer's fetch positions: a partition whose position reached its mark's
@@ -534,9 +651,12 @@ class TumblingWindows:
     def forget_positions(self) -> None:
         """The topic was recreated: its old offsets mean nothing any more."""
         with self._lock:
+            for p in list(self._lanes):
+                self._merge_lane(p)
             self._positions.clear()
             self._marks.clear()
             self._closed_floor.clear()
+            self._floor_from_first.clear()
             for w in self._open.values():
                 w.first_offsets.clear()
 
@@ -559,4 +679,5 @@ class TumblingWindows:
 
     def open_events(self) -> int:
         with self._lock:
-            return sum(w.events for w in self._open.values())
+            return (sum(w.events for w in self._open.values())
+                    + sum(w.events for lane in self._lanes.values() for w in lane.open.values()))

@@ -220,14 +220,15 @@ def test_a_feature_of_ever_new_labels_cannot_grow_memory() -> None:
     assert counts[OTHER_LABEL] > 0
 
 
-def _stream(seed: int, partitions: int = 3, n: int = 600) -> list[tuple[int, int, float, float, str]]:
+def _stream(seed: int, partitions: int = 3, n: int = 600,
+            jitter: float = 2.0) -> list[tuple[int, int, float, float, str]]:
     """(partition, offset, event time, x, c) in a consumption order: partitions interleave in
-    chunks, event times mostly rise with some out of order (and some too late)."""
+    chunks, event times rise, with some out of order by `jitter` (standard deviation)."""
     rng = np.random.default_rng(seed)
     per: list[list[tuple[int, int, float, float, str]]] = [[] for _ in range(partitions)]
     for i in range(n):
         p = i % partitions
-        t = 1000.0 + i * 0.5 + float(rng.normal(0, 2))
+        t = 1000.0 + i * 0.5 + float(rng.normal(0, jitter))
         per[p].append((p, len(per[p]), t, float(rng.normal()), f"v{int(rng.integers(4))}"))
     order = []
     heads = [0] * partitions
@@ -323,3 +324,122 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
     after = run(restarted, [rest[i:i + 25] for i in range(0, len(rest), 25)])
     assert summary(before + after) == summary(want)
     assert len(want) >= 3 and sum(p.events for p in want) > len(events) // 2
+
+
+def _decoder() -> object:
+    from driftline.collectors.events import EventDecoder
+    from driftline.service.config import EventSchema
+
+    schema = EventSchema.model_validate({"features": {"x": {"path": "x"}, "c": {"path": "c"}},
+                                         "event_time": {"path": "ts"}})
+    return EventDecoder(schema, {"x": ColumnKind.NUMERICAL, "c": ColumnKind.CATEGORICAL})
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), join=st.integers(2, 10), stay=st.integers(1, 12),
+       pace=st.integers(1, 12), metadata=st.booleans())
+def test_a_partition_handed_over_behind_the_windows_is_counted_once(
+        seed: int, join: int, stay: int, pace: int, metadata: bool) -> None:
+    """Process A reads three partitions; B joins and takes partition 2, reads it at its own
+    (slower) pace, and leaves: A takes it back, behind the windows A closed meanwhile.
+
+    Every event is in exactly one closed window of A or B, and per window the events and
+    values of all processes' windows (shares included) equal a single process's. With
+    `metadata`, the partitions travel with their marks (commit metadata, real Kafka);
+    without (Tansu drops it), the new reader has only the committed offset, and the
+    equality holds where each partition's event times are in order (see
+    `TumblingWindows._decide_floors` for what out-of-order events may do there)."""
+    from driftline.service.window import PartitionMark
+
+    decoder = _decoder()
+    lateness = 60.0
+    events = _stream(seed, partitions=3, n=900, jitter=2.0 if metadata else 0.0)
+    newest = np.maximum.accumulate([t for _, _, t, _, _ in events])
+    assume(max(newest - [t for _, _, t, _, _ in events]) < lateness / 2)
+    clock = FakeClock(0.0)
+
+    def new() -> TumblingWindows:
+        return TumblingWindows(kind="time", size=20.0, allowed_lateness=lateness, kinds=KINDS,
+                               prediction_kind=None, clock=clock)
+
+    def step(w: TumblingWindows, queue: list[tuple[int, int, float, float, str]], n: int,
+             out: list[WindowProfile]) -> None:
+        batch, queue[:] = queue[:n], queue[n:]
+        if batch:
+            _feed(w, batch, decoder)
+        out.extend(p for _, p in w.close_and_checkpoint()[0])
+
+    def hand(state: dict[str, object], p: int) -> tuple[PartitionMark | None, int]:
+        m = state["partitions"][str(p)]  # type: ignore[index]
+        mark = PartitionMark.from_json(m)
+        return (mark if metadata else None), mark.replay_from
+
+    def reading(parts: set[int], starts: dict[int, int]) -> list[tuple[int, int, float, float, str]]:
+        return [e for e in events if e[0] in parts and e[1] >= starts[e[0]]]
+
+    steady, want = new(), []
+    queue = list(events)
+    while queue:
+        step(steady, queue, 25, want)
+    assert steady.late_events == 0
+
+    a, b = new(), new()
+    a_out: list[WindowProfile] = []
+    b_out: list[WindowProfile] = []
+    qa = list(events)
+    for _ in range(join):
+        step(a, qa, 25, a_out)
+    # B joins: A checkpoints, gives up everything, takes 0 and 1 back with its own marks
+    state = a.checkpoint()
+    a.release()
+    for p in (0, 1):
+        a.adopt(p, PartitionMark.from_json(state["partitions"][str(p)]), None)
+    mark, start = hand(state, 2)
+    b.adopt(2, mark, start)
+    qa = reading({0, 1}, {p: state["partitions"][str(p)]["replay_from"] for p in (0, 1)})
+    qb = reading({2}, {2: start})
+    for _ in range(stay):  # B reads at its own pace, A on
+        step(a, qa, 25, a_out)
+        step(b, qb, pace, b_out)
+    # B leaves: its checkpoint goes with the partition; A keeps 0 and 1, takes 2 back
+    state = b.checkpoint()
+    b.release()
+    mark, start = hand(state, 2)
+    a.adopt(2, mark, start)
+    rest = {e for e in reading({2}, {2: start})}
+    qa = [e for e in events if e in rest or (e[0] != 2 and e in set(qa))]
+    while qa:
+        step(a, qa, 25, a_out)
+    for _ in range(3):
+        step(a, qa, 25, a_out)
+
+    def by_window(ws: list[WindowProfile]) -> dict[float, tuple[int, list[float], dict[str, int]]]:
+        acc: dict[float, tuple[int, list[float], dict[str, int]]] = {}
+        for w in ws:
+            n, xs, cs = acc.get(w.start, (0, [], {}))
+            cats = dict(cs)
+            for k, v in w.categorical[1].items():
+                cats[k] = cats.get(k, 0) + v
+            acc[w.start] = (n + w.events, sorted(xs + list(w.numerical[0].values)), cats)
+        return acc
+
+    assert by_window(a_out + b_out) == by_window(want)
+    assert a.open_events() == steady.open_events() and a.late_events == 0
+    assert len(want) >= 10
+
+
+def test_a_partition_adopted_without_marks_takes_its_floor_from_its_first_record() -> None:
+    """The committed offset is where the previous reader's oldest open window begins: the
+    windows before the first record's were closed for that partition (late if they come)."""
+    from driftline.service.window import Origin
+
+    clock = FakeClock(0.0)
+    w = time_windows(clock, size=10, lateness=100)
+    w.adopt(0, None, 40)
+    decoder = _decoder()
+    raws = [json.dumps({"ts": t, "x": 1.0, "c": "a"}).encode() for t in (1052.0, 1049.0, 1055.0, 1061.0)]
+    late = w.add_batch(decoder.decode_batch(raws, None, 1e6),  # type: ignore[attr-defined]
+                       Origin(np.zeros(4, dtype=np.int64), np.arange(40, 44), {0: 44}))
+    assert late == 1  # 1049 is in the window before the first record's: closed by the previous reader
+    assert w.open_events() == 3
+    assert w.checkpoint()["partitions"]["0"] == {"replay_from": 40, "position": 44, "closed": 104}
