@@ -80,7 +80,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start()
-    stop.wait()
+    # Wake up now and then: Python runs signal handlers in the main thread only, and a
+    # SIGTERM the kernel hands to another thread (seen right after a SIGSTOP/SIGCONT) does
+    # not interrupt a wait without timeout, so the handler would never run.
+    while not stop.wait(0.5):
+        pass
     service.stop()
     return EXIT_OK
 

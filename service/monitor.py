@@ -281,7 +281,10 @@ class Monitor:
             theirs = _parse_mark(got[0], got[1])
             if theirs is not None:
                 return theirs[0] != own
-            return p not in saved or got[0] != saved[p]  # no metadata (e.g. Tansu): by offset
+            # No metadata (e.g. Tansu): by offset. This process commits only from checkpoints
+            # written, so a committed offset beyond its last checkpoint's is another's; one
+            # behind it is this process's own (a crash between checkpoint and commit).
+            return p not in saved or got[0] > saved[p]
 
         keep = parked is not None and all(p in committed and not others(p) for p in parked)
         if parked is not None and not keep:

@@ -6,7 +6,10 @@
   each window is recorded once. The retraining request the drifted windows make is
   delivered with the same webhook-id as the uninterrupted run's.
 - Two processes in one consumer group, the second joining and later leaving mid-window
-  (count windows): every event is in exactly one window of one of them, closed or open.
+  (count and time windows): every event is in exactly one window of one of them, closed
+  or open. With time windows the second process replays a backlog and lags: the windows
+  it hands back were closed by the first already, which evaluates their share of them
+  (a lane, see service/window.py); per window, the events of both equal a single run's.
 
 Each run writes its window results to its own state file; the test reads them there.
 """
@@ -174,10 +177,12 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     assert len(ids) == 1, ids
 
 
+@pytest.mark.parametrize("window", ["count", "time"])
 def test_a_second_process_joining_then_leaving_counts_every_event_once(
-        services, tmp_path, broker, reference_path) -> None:
-    """Count windows: whatever the two processes' windows, every event of the topic is in
-    exactly one of them (closed in either, or open in the one that stays)."""
+        services, tmp_path, broker, reference_path, window: str) -> None:
+    """Whatever the two processes' windows, every event of the topic is in exactly one of
+    them (closed in either, or open in the one that stays); with time windows, per window
+    start the events of both processes' windows (shares included) are a single run's 1,000."""
     topic = f"rebalance-{uuid.uuid4().hex[:10]}"
     broker.create_topic(topic, partitions=PARTITIONS)
     group = f"shared-{uuid.uuid4().hex[:6]}"
@@ -185,8 +190,11 @@ def test_a_second_process_joining_then_leaving_counts_every_event_once(
     procs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        conf = config(broker.bootstrap, topic, reference_path, group)
-        conf["window"] = {"type": "count", "size": 1000, "min_events": 200}
+        # time windows: a lateness the pause below exceeds, so the windows the second process
+        # hands back are closed in the first one already
+        conf = config(broker.bootstrap, topic, reference_path, group, lateness="10s")
+        if window == "count":
+            conf["window"] = {"type": "count", "size": 1000, "min_events": 200}
         procs.append(ServiceProcess(tmp_path / name, [conf]))
     a, b = procs
     services.extend(procs)
@@ -196,7 +204,13 @@ def test_a_second_process_joining_then_leaving_counts_every_event_once(
     b.start(wait_ready=False)
     wait_until(lambda: "assigned partitions [" in b.log() and "assigned partitions []" not in b.log(), 60,
                what="the second process to get partitions")
-    time.sleep(10)
+    time.sleep(8)
+    # it stalls for 4 s (a GC pause, a slow node; within the 6 s session) while the first
+    # reads on, then leaves
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    time.sleep(4)
+    b.proc.send_signal(signal.SIGCONT)
     assert b.stop() == 0  # leaves mid-window: its partitions and open window go back to the first
     producer.join(120)
 
@@ -211,3 +225,11 @@ def test_a_second_process_joining_then_leaving_counts_every_event_once(
     assert b_windows, "the second process never evaluated a window: the rebalance was not exercised"
     assert "revoked" in a.log() and "partitions moved" in a.log()
     assert accounted() == len(events)
+    if window == "time":
+        per_window: dict[float, int] = {}
+        for proc in procs:
+            for r in results(proc.workdir / "state.sqlite"):
+                per_window[r["window_start"]] = per_window.get(r["window_start"], 0) + r["events"]
+        assert per_window == {T0 + w * WINDOW_S: 1000 for w in range(WINDOWS)}
+        shares = [r for r in results(a.workdir / "state.sqlite") if r["partitions"] is not None]
+        print(f"the first process evaluated {len(shares)} shares of windows handed back")
