@@ -278,12 +278,7 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
     boundaries here, evaluation ticks in the service), which differs between any two runs,
     crashed or not: an earlier version of this test compared a stream lagging 42 s behind
     itself with 30 s of lateness and saw the restarted run count 6 events late."""
-    from driftline.collectors.events import EventDecoder
-    from driftline.service.config import EventSchema
-
-    schema = EventSchema.model_validate({"features": {"x": {"path": "x"}, "c": {"path": "c"}},
-                                         "event_time": {"path": "ts"}})
-    decoder = EventDecoder(schema, {"x": ColumnKind.NUMERICAL, "c": ColumnKind.CATEGORICAL})
+    decoder = _decoder()
     events = _stream(seed, partitions=1 if kind == "count" else 3)
     lateness = 60.0
     batches = [events[i:i + 25] for i in range(0, len(events), 25)]
