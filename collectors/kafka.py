@@ -95,6 +95,12 @@ def producer_config(settings: KafkaSettings, secret: Callable[[str], str | None]
         "delivery_timeout_ms": request_ms + 5000,  # then the future fails and driftline retries it
         "linger_ms": 5,
         "max_request_size": 8 * 1024 * 1024,  # room for a large invalid record plus its headers
+        # kafka-python 3.0.12's idempotent producer (its default) resets its producer id when a
+        # batch expires after being sent, and then never asks for a new one: every later send
+        # waits forever (seen with a dead-letter topic that stopped answering for 15 s, see
+        # tests/test_fuzz.py). Without idempotence it sends again once the broker answers;
+        # a copy retried by the producer may then be written twice, which at least once allows.
+        "enable_idempotence": False,
     })
     return conf
 
