@@ -124,7 +124,8 @@ class DeadLetters:
     crash. A send that fails (broker unreachable, timeout) is counted as `failed` and sent
     again at the next batch; consumption goes on meanwhile. A copy the broker can never
     take (e.g. larger than its limit) is counted as `dropped`, logged with its origin, and
-    no longer holds back the commit.
+    no longer holds back the commit. Acknowledged copies are let go at every batch, not
+    only at the next commit.
     """
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None], monitor: str,
@@ -143,6 +144,7 @@ class DeadLetters:
         return len(self._pending)
 
     def add(self, polled: Polled, rejected: list[tuple[int, str, str]]) -> None:
+        self._reap()
         for i, reason, detail in rejected:
             partition, offset, key = polled.origin(i)
             headers = [("driftline-original-topic", self._source_topic),
@@ -185,24 +187,19 @@ class DeadLetters:
                 dropped.append(letter)
                 self._drop(letter, exc)
         if dropped:
-            self._pending = [d for d in self._pending if all(d is not x for x in dropped)]
+            gone = {id(d) for d in dropped}
+            self._pending = [d for d in self._pending if id(d) not in gone]
 
     def _drop(self, letter: _DeadLetter, exc: BaseException) -> None:
         log.error("dead letter of %s partition %d offset %d refused by the broker, not retried: %s",
                   self._source_topic.decode(), letter.partition, letter.offset, exc)
         self._count("dropped", 1)
 
-    def settle(self, timeout: float) -> dict[int, int]:
-        """Wait up to `timeout` s for the copies in flight; per partition, the first offset
-        whose copy is not acknowledged (nothing from there on may be committed)."""
-        if not self._pending:
-            return {}
-        self._send()
-        if self._producer is not None and any(d.future is not None for d in self._pending):
-            try:
-                self._producer.flush(timeout=timeout)
-            except KafkaError as exc:
-                log.warning("dead letters to %s not yet acknowledged: %s", self.topic, exc)
+    def _reap(self) -> None:
+        """Without waiting: count and let go of the acknowledged copies (and the refused
+        ones); a copy whose send failed is kept, to be sent again."""
+        if not any(d.future is not None and d.future.is_done for d in self._pending):
+            return
         still: list[_DeadLetter] = []
         produced = 0
         for letter in self._pending:
@@ -220,8 +217,21 @@ class DeadLetters:
         if produced:
             self._count("produced", produced)
         self._pending = still
+
+    def settle(self, timeout: float) -> dict[int, int]:
+        """Wait up to `timeout` s for the copies in flight; per partition, the first offset
+        whose copy is not acknowledged (nothing from there on may be committed)."""
+        if not self._pending:
+            return {}
+        self._send()
+        if self._producer is not None and any(d.future is not None for d in self._pending):
+            try:
+                self._producer.flush(timeout=timeout)
+            except KafkaError as exc:
+                log.warning("dead letters to %s not yet acknowledged: %s", self.topic, exc)
+        self._reap()
         caps: dict[int, int] = {}
-        for letter in still:
+        for letter in self._pending:
             caps[letter.partition] = min(caps.get(letter.partition, letter.offset), letter.offset)
         return caps
 
