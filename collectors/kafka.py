@@ -8,6 +8,7 @@ of driftline), so events from Java, librdkafka or kafka-python producers are rea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -105,6 +106,12 @@ def producer_config(settings: KafkaSettings, secret: Callable[[str], str | None]
     return conf
 
 
+# What a copy costs besides its key, value and headers: the letter and its header tuples,
+# kafka-python's futures and record bookkeeping (1.3 KB measured with tracemalloc,
+# bench/bench_dead_letters.py); counted so that many tiny copies are bounded too.
+LETTER_OVERHEAD_BYTES = 1300
+
+
 @dataclass
 class _DeadLetter:
     partition: int
@@ -112,21 +119,30 @@ class _DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    size: int = 0  # bytes counted against dead_letter_max_pending_bytes
     future: Any = None  # kafka-python's FutureRecordMetadata while in flight
 
 
 class DeadLetters:
-    """Copies invalid records to the dead-letter topic, at least once.
+    """Copies invalid records to the dead-letter topic, at least once, in bounded memory.
 
     `add` sends without waiting; `settle` (run before every offset commit) waits for the
     acknowledgements and returns, per partition, the offset of the first record whose copy
     is not yet acknowledged: the commit stops there, so a dead letter is never lost to a
     crash. A send that fails (broker unreachable, timeout) is counted as `failed` and sent
-    again at the next batch; consumption goes on meanwhile. A copy the broker can never
-    take (e.g. larger than its limit) is counted as `dropped`, logged with its origin, and
-    no longer holds back the commit. Acknowledged copies are let go at every batch, not
-    only at the next commit.
+    again at the next batch (or `pump`). A copy the broker can never take (e.g. larger than
+    its limit) is counted as `dropped`, logged with its origin, and no longer holds back the
+    commit.
+
+    Acknowledged copies are let go at every batch. Copies not yet acknowledged are held
+    (here and in the producer's buffers) until they are: while they exceed `max_bytes`,
+    `full` is true and the consumer stops reading (KafkaSource.hold) until they are down to
+    half of it, so a dead-letter topic that cannot be reached stalls consumption instead of
+    filling memory, and nothing is dropped.
     """
+
+    RETRY_AFTER = 1.0  # seconds between attempts to send again when nothing else is read
+    WARN_AFTER = 5.0  # a pause this long is logged (shorter ones are ordinary flow control)
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None], monitor: str,
                  count: Callable[[str, int], None]) -> None:
@@ -138,10 +154,22 @@ class DeadLetters:
         self._count = count
         self._producer: KafkaProducer | None = None
         self._pending: list[_DeadLetter] = []  # in flight or to send again, in record order
+        self._bytes = 0  # sum of their sizes
+        self.max_bytes = settings.dead_letter_max_pending_bytes
+        self.full = False  # reading is paused until the copies drain (KafkaSource.hold)
+        self._full_since = 0.0
+        self._held_before = False
+        self._warned = False  # this pause was logged (it lasted WARN_AFTER s)
+        self._retry_at = 0.0  # time.monotonic() before which pump() sends nothing again
+        self._flush_failed = False
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
 
     def add(self, polled: Polled, rejected: list[tuple[int, str, str]]) -> None:
         self._reap()
@@ -152,8 +180,42 @@ class DeadLetters:
                        ("driftline-original-offset", str(offset).encode()),
                        ("driftline-error", (f"{reason}: {detail}" if detail else reason).encode()),
                        ("driftline-monitor", self._monitor)]
-            self._pending.append(_DeadLetter(partition, offset, key, polled.values[i], headers))
+            value = polled.values[i]
+            size = (LETTER_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
+                    + sum(len(k) + len(v) for k, v in headers))
+            self._pending.append(_DeadLetter(partition, offset, key, value, headers, size))
+            self._bytes += size
         self._send()
+        self._check_full()
+
+    def pump(self) -> None:
+        """Between batches (nothing else read): let go of acknowledged copies and send again
+        the failed ones (at most every RETRY_AFTER s: a send can wait for metadata)."""
+        self._reap()
+        if time.monotonic() >= self._retry_at:
+            self._send()
+        self._check_full()
+
+    def _check_full(self) -> None:
+        now = time.monotonic()
+        if not self.full and self._bytes > self.max_bytes:
+            self.full, self._full_since, self._warned = True, now, False
+            if not self._held_before:  # flow control at work: said once, then only long pauses
+                self._held_before = True
+                log.info("dead letters to %s are acknowledged more slowly than %s is read: reading pauses "
+                         "while more than %.1f MB of them wait (kafka.dead_letter_max_pending_bytes)",
+                         self.topic, self._source_topic.decode(), self.max_bytes / 1e6)
+        elif self.full and self._bytes <= self.max_bytes // 2:
+            self.full = False
+            if self._warned:
+                log.warning("dead letters to %s acknowledged: reading %s again after %.1f s paused",
+                            self.topic, self._source_topic.decode(), now - self._full_since)
+        elif self.full and not self._warned and now - self._full_since >= self.WARN_AFTER:
+            self._warned = True
+            log.warning("reading %s paused for %.0f s: %d dead letters (%.1f MB) not acknowledged by %s, over "
+                        "kafka.dead_letter_max_pending_bytes (%.1f MB); it resumes once they are down to half "
+                        "of it", self._source_topic.decode(), now - self._full_since, len(self._pending),
+                        self._bytes / 1e6, self.topic, self.max_bytes / 1e6)
 
     def _send(self) -> None:
         unsent = [d for d in self._pending if d.future is None]
@@ -166,6 +228,7 @@ class DeadLetters:
                 log.warning("dead-letter producer for %s not available yet (%d records waiting): %s",
                             self.topic, len(unsent), exc)
                 self._count("failed", len(unsent))
+                self._retry_at = time.monotonic() + self.RETRY_AFTER
                 return
         dropped = []
         for letter in unsent:
@@ -179,6 +242,7 @@ class DeadLetters:
                 log.warning("dead letters to %s not sent (%d waiting, retried at the next batch): %s",
                             self.topic, n, exc)
                 self._count("failed", n)
+                self._retry_at = time.monotonic() + self.RETRY_AFTER
                 break
             except KafkaError as exc:
                 if exc.retriable:
@@ -188,7 +252,11 @@ class DeadLetters:
                 self._drop(letter, exc)
         if dropped:
             gone = {id(d) for d in dropped}
-            self._pending = [d for d in self._pending if id(d) not in gone]
+            self._keep([d for d in self._pending if id(d) not in gone])
+
+    def _keep(self, letters: list[_DeadLetter]) -> None:
+        self._pending = letters
+        self._bytes = sum(d.size for d in letters)
 
     def _drop(self, letter: _DeadLetter, exc: BaseException) -> None:
         log.error("dead letter of %s partition %d offset %d refused by the broker, not retried: %s",
@@ -216,7 +284,7 @@ class DeadLetters:
                 still.append(letter)
         if produced:
             self._count("produced", produced)
-        self._pending = still
+        self._keep(still)
 
     def settle(self, timeout: float) -> dict[int, int]:
         """Wait up to `timeout` s for the copies in flight; per partition, the first offset
@@ -227,9 +295,13 @@ class DeadLetters:
         if self._producer is not None and any(d.future is not None for d in self._pending):
             try:
                 self._producer.flush(timeout=timeout)
-            except KafkaError as exc:
-                log.warning("dead letters to %s not yet acknowledged: %s", self.topic, exc)
+                self._flush_failed = False
+            except KafkaError as exc:  # said once until a flush completes again
+                log.log(logging.DEBUG if self._flush_failed else logging.WARNING,
+                        "dead letters to %s not yet acknowledged: %s", self.topic, exc)
+                self._flush_failed = True
         self._reap()
+        self._check_full()
         caps: dict[int, int] = {}
         for letter in self._pending:
             caps[letter.partition] = min(caps.get(letter.partition, letter.offset), letter.offset)
@@ -298,6 +370,7 @@ class KafkaSource:
     _topic_id: Any = None  # the topic's id as the broker last described it (see _topic_recreated)
     _seek_to_beginning = False
     _after_outage = False  # the broker did not answer for STALE_AFTER s since the last check
+    _held = False  # see hold()
     _adopted_starts: dict[int, int] = {}  # noqa: RUF012  (replaced, never mutated)
 
     def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
@@ -437,6 +510,11 @@ class KafkaSource:
                 last = max(last, sensor._last_record_time / 1000.0)
         except AttributeError:  # another kafka-python: fall back to the records themselves
             pass
+        if self._held:
+            # nothing is fetched while held: the group coordinator's heartbeat answers (every
+            # session_timeout / 3) show the broker is there
+            with contextlib.suppress(AttributeError):
+                last = max(last, self._consumer._coordinator.heartbeat.last_receive)
         return last
 
     def lag(self) -> dict[int, int]:
@@ -444,6 +522,25 @@ class KafkaSource:
             return dict(self._lag)
 
     # -- polling -----------------------------------------------------------------------
+    def hold(self, on: bool) -> None:
+        """Stop reading every assigned partition (on) or read on, staying in the group: poll()
+        keeps being called, so the member is not evicted, and it returns nothing meanwhile.
+        Called before every poll: partitions assigned since are held too."""
+        if not on and not self._held:
+            return
+        try:
+            if on:
+                paused = self._consumer.paused()
+                mine = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.topic]
+                if todo := [tp for tp in mine if tp not in paused]:
+                    self._consumer.pause(*todo)
+            else:
+                self._consumer.resume(*self._consumer.paused())
+        except (KafkaError, KeyError) as exc:  # the assignment changed under us: again next time
+            log.debug("pausing/resuming partitions: %s", exc)
+            return
+        self._held = on
+
     def poll(self, timeout_ms: int = 500, timestamps: bool = True) -> Polled:
         """The next records; their creation/append timestamps too when asked for."""
         out = Polled()
@@ -574,10 +671,15 @@ class KafkaSource:
 
     def refresh_lag(self) -> None:
         lag = {}
+        ends: dict[TopicPartition, int] = {}
+        if self._held:  # no fetch brings the high watermark while held: ask for it
+            with contextlib.suppress(KafkaError):
+                ends = self._consumer.end_offsets(
+                    [TopicPartition(self.settings.topic, p) for p in self.assigned], timeout_ms=500)
         for p in self.assigned:
             tp = TopicPartition(self.settings.topic, p)
             try:
-                high = self._consumer.highwater(tp)
+                high = ends[tp] if tp in ends else self._consumer.highwater(tp)
             except KafkaError:  # unassigned under us (the group is rejoining)
                 continue
             if high is None:

@@ -34,6 +34,11 @@ class ConsumerLoop(threading.Thread):
         self.dead_letters: DeadLetters | None = None
         monitor.source_ready = self.ready
         monitor.source_lag = self.lag
+        if metrics is not None and monitor.settings.kafka.dead_letter_topic:
+            metrics.dead_letters_pending.labels(monitor.name).set_function(
+                lambda: self.dead_letters.pending if self.dead_letters is not None else 0)
+            metrics.dead_letters_pending_bytes.labels(monitor.name).set_function(
+                lambda: self.dead_letters.pending_bytes if self.dead_letters is not None else 0)
 
     def ready(self) -> bool:
         return self.source is not None and self.source.connected()
@@ -69,12 +74,19 @@ class ConsumerLoop(threading.Thread):
             # SIGTERM: the batch in hand is finished and accounted for; closing the source
             # below checkpoints and commits (the partitions are revoked on close)
             while not self._stop_event.is_set():
-                polled = source.poll(timeout_ms=500, timestamps=self.monitor.needs_record_timestamps)
+                held = dead is not None and dead.full
+                if dead is not None:
+                    # too many dead letters not acknowledged: read nothing more until they are
+                    source.hold(held)
+                polled = source.poll(timeout_ms=100 if held else 500,
+                                     timestamps=self.monitor.needs_record_timestamps)
                 if polled:
                     rejected = self.monitor.consume(polled)
                     if dead is not None and (rejected or dead.pending):
                         dead.add(polled, rejected)  # also sends again what failed before
                     source.mark_processed(polled)
+                elif dead is not None and dead.pending:
+                    dead.pump()
                 if time.monotonic() - last_lag > 1.0:
                     source.refresh_lag()
                     if self.monitor.windows.replaying:

@@ -132,6 +132,9 @@ class KafkaSettings(_Model):
     max_poll_records: int = Field(2000, ge=1)
     # invalid records are copied here, unchanged, with their origin and error in headers
     dead_letter_topic: str | None = Field(None, min_length=1)
+    # copies not yet acknowledged are held in memory; beyond this consumption pauses until
+    # they are down to half of it (collectors/kafka.py, DeadLetters)
+    dead_letter_max_pending_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 from driftline.collectors.events import INVALID_REASONS
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -192,6 +192,12 @@ class DriftlineMetrics:
         self.dead_letters = Counter("driftline_dead_letters", "Invalid records copied to the dead-letter topic, "
                                     "by outcome (produced, failed: retried, dropped: refused by the broker)",
                                     ["monitor", "outcome"], registry=registry)
+        self.dead_letters_pending = Gauge(
+            "driftline_dead_letters_pending", "Copies of invalid records not yet acknowledged by the "
+            "dead-letter topic", ["monitor"], registry=registry)
+        self.dead_letters_pending_bytes = Gauge(
+            "driftline_dead_letters_pending_bytes", "Bytes of those copies, as counted against "
+            "kafka.dead_letter_max_pending_bytes (consumption pauses above it)", ["monitor"], registry=registry)
 
     def add_monitors(self, monitors: Sequence[MonitorView], with_retrain: set[str]) -> None:
         for m in monitors:

@@ -45,6 +45,8 @@ def test_the_demo_configuration_is_valid(tmp_path: Path, reference_path: Path) -
      "monitors[0].window.min_events: Input should be greater than or equal to 1"),
     (lambda c: c["monitors"][0]["kafka"].pop("topic"), "monitors[0].kafka.topic: Field required"),
     (lambda c: c["monitors"][0]["kafka"].update(bootstrap_servers=[]), "monitors[0].kafka.bootstrap_servers:"),
+    (lambda c: c["monitors"][0]["kafka"].update(dead_letter_max_pending_bytes=65536),
+     "monitors[0].kafka.dead_letter_max_pending_bytes: Input should be greater than or equal to 1048576"),
     (lambda c: c["monitors"][0]["kafka"].update(security_protocol="SASL_SSL"),
      "monitors[0].kafka: Value error, security_protocol SASL_SSL needs sasl_mechanism, sasl_username_env"),
     (lambda c: c["monitors"][0]["event"]["features"]["age"].update(method="kolmogorov"),
