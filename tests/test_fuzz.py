@@ -11,11 +11,15 @@ to the dead-letter topic with its origin and error in headers, and keep its memo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import socket
+import struct
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -23,6 +27,8 @@ from typing import Any
 
 import pytest
 from driftline.collectors.events import EventDecoder, InvalidEvent
+from driftline.collectors.kafka import LETTER_OVERHEAD_BYTES
+from driftline.collectors.local_broker import LocalBroker, free_port
 from driftline.service.config import MonitorSettings
 from driftline.service.demo.traffic import TrafficModel, encode, monitor_config
 from driftline.service.monitor import feature_kinds
@@ -239,3 +245,187 @@ def test_hostile_events_are_counted_by_reason_copied_to_the_dead_letter_topic_an
         assert h["driftline-error"].split(":")[0] == expected.get(offset), (offset, h["driftline-error"])
         assert r.value == records[offset]
     assert set(seen) == set(expected)
+
+
+class StallingProxy:
+    """A TCP proxy in front of the broker that can stop passing on the requests of one Kafka
+    client (by the client id in each request's header): a dead-letter topic that cannot be
+    reached, while the consumer's own connections are untouched.
+
+    While stalled, that client's requests are held, never reach the broker, and are never
+    answered (kafka-python times them out and reconnects, to be held again); `release()`
+    closes the held connections, so nothing held is written late: the client sends again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled: str | None = None
+        self.held: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self, client_id: str) -> None:
+        self.stalled = client_id
+
+    def release(self) -> None:
+        self.stalled = None
+        with self.lock:
+            held, self.held = self.held, []
+        for sock in held:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the broker is gone (the test is ending)
+                client.close()
+                continue
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._responses, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _read(sock: socket.socket, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError
+            out += chunk
+        return out
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while True:
+                size = self._read(client, 4)
+                frame = self._read(client, struct.unpack(">i", size)[0])
+                # request header: api_key, api_version, correlation_id, client_id (int16 length)
+                (n,) = struct.unpack(">h", frame[8:10])
+                client_id = frame[10:10 + n].decode() if n > 0 else ""
+                if self.stalled is not None and client_id == self.stalled:
+                    with self.lock:
+                        self.held += [client, upstream]
+                    return  # held: nothing more from this connection reaches the broker
+                upstream.sendall(size + frame)
+        except OSError:
+            pass
+        for sock in (client, upstream):
+            sock.close()
+
+    @staticmethod
+    def _responses(upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while chunk := upstream.recv(65536):
+                client.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (client, upstream):
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.release()
+
+
+def test_an_unreachable_dead_letter_topic_pauses_consumption_in_bounded_memory_and_loses_nothing(
+        services, tmp_path, reference_path) -> None:
+    """The dead-letter topic stops answering under heavy invalid traffic: driftline reads no
+    further once the copies it holds exceed dead_letter_max_pending_bytes (rather than holding
+    every copy in memory), stays in its group and ready, shows the lag growing, and once the
+    topic answers again every invalid record arrives there exactly once, unchanged."""
+    cap = 1024 * 1024
+    max_poll = 100
+    tansu_port = free_port()
+    proxy = StallingProxy(tansu_port)
+    broker = LocalBroker(port=proxy.port, log_path=tmp_path / "tansu.log")
+    broker.tansu_port = tansu_port  # Tansu listens behind the proxy and advertises the proxy
+    with broker, contextlib.closing(proxy):
+        topic, dead_topic = f"serving-{uuid.uuid4().hex[:10]}", f"dead-{uuid.uuid4().hex[:10]}"
+        broker.create_topic(topic)
+        broker.create_topic(dead_topic)
+        conf = monitor_config("credit-risk", broker.bootstrap, topic, reference_path,
+                              window={"type": "count", "size": 1000, "min_events": 100},
+                              kafka={"bootstrap_servers": [broker.bootstrap], "topic": topic,
+                                     "group_id": f"stall-{uuid.uuid4().hex[:8]}", "auto_offset_reset": "earliest",
+                                     "dead_letter_topic": dead_topic, "dead_letter_max_pending_bytes": cap,
+                                     "max_poll_records": max_poll})
+        conf["event"]["max_event_bytes"] = MAX_EVENT_BYTES
+        svc = ServiceProcess(tmp_path, [conf])
+        services.append(svc)
+        svc.start()
+        assert svc.proc is not None
+        rng = random.Random(11)
+        valid = encode(TrafficModel(seed=11).events(500, now=int(time.time())))
+
+        def invalid(i: int) -> bytes:  # oversized: 20-40 KB each, the copies add up fast
+            return b'{"request_id": "%d' % i + b"y" * rng.randrange(20_000, 40_000) + b'"}'
+
+        # the dead-letter producer connects and learns the topic's metadata while all is well
+        warmup = [invalid(0), *valid[:10]]
+        produce(broker.bootstrap, topic, warmup)
+        wait_until(lambda: svc.sample("driftline_dead_letters_total", monitor="credit-risk", outcome="produced") == 1,
+                   30, what="the first dead letter")
+        proxy.stall("driftline-dead-letters")
+
+        records = [invalid(i) if i % 2 else valid[i % len(valid)] for i in range(1, 3001)]  # 1,500 invalid: ~45 MB
+        all_records = warmup + records
+        expected = {0} | {len(warmup) + i for i in range(len(records)) if i % 2 == 0}  # offsets of the invalid
+        invalid_bytes = sum(len(all_records[o]) for o in expected)
+        letter_max = LETTER_OVERHEAD_BYTES + 40_100 + 200  # as DeadLetters.add counts a copy: value, headers
+        rss_start = rss_mb(svc.proc.pid)
+        produce(broker.bootstrap, topic, records)
+
+        # stalled: reading stops with the copies held within the cap (plus one poll), the
+        # failed sends are retried, and the service stays in its group and ready
+        pending: list[float] = []
+        peak = [rss_start]
+
+        def stalled() -> bool:
+            pending.append(svc.sample("driftline_dead_letters_pending_bytes", monitor="credit-risk") or 0.0)
+            peak[0] = max(peak[0], rss_mb(svc.proc.pid))
+            return bool((svc.sample("driftline_dead_letters_total", monitor="credit-risk", outcome="failed") or 0) > 0)
+
+        wait_until(stalled, 60, interval=0.5, what="a dead letter to fail (delivery timeout)")
+        consumed = svc.sample("driftline_events_consumed_total", monitor="credit-risk")
+        time.sleep(3)
+        assert svc.sample("driftline_events_consumed_total", monitor="credit-risk") == consumed
+        assert consumed is not None and consumed < len(all_records) / 4, consumed
+        assert 0 < max(pending) <= cap + max_poll * letter_max, (max(pending), cap)
+        assert svc.sample("driftline_dead_letters_pending", monitor="credit-risk") > 0
+        # the lag shows what waits, although nothing is fetched
+        assert svc.sample("driftline_consumer_lag_messages", monitor="credit-risk", partition="0") \
+            == len(all_records) - consumed
+        with urllib.request.urlopen(svc.api + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+        growth = peak[0] - rss_start
+        print(f"\nstalled: read {consumed:.0f} of {len(all_records)} records; copies held at most "
+              f"{max(pending) / 1e6:.1f} MB of the {invalid_bytes / 1e6:.0f} MB invalid; RSS +{growth:.0f} MB")
+        assert growth < invalid_bytes / 1e6 / 2, (growth, invalid_bytes)
+
+        proxy.release()
+        wait_until(lambda: svc.sample("driftline_events_consumed_total", monitor="credit-risk") == len(all_records),
+                   60, what="every record consumed once the dead-letter topic answers")
+        wait_until(lambda: svc.sample("driftline_dead_letters_total", monitor="credit-risk",
+                                      outcome="produced") == len(expected), 30, what="every dead letter produced")
+        assert svc.sample("driftline_dead_letters_total", monitor="credit-risk", outcome="dropped") == 0
+        assert svc.sample("driftline_dead_letters_pending", monitor="credit-risk") == 0
+        assert svc.sample("driftline_events_invalid_total", monitor="credit-risk", reason="oversized") == len(expected)
+
+        letters = consume_all(broker.bootstrap, dead_topic, len(expected), 60)
+        seen: dict[int, Any] = {}
+        for r in letters:
+            h = {k: v.decode() for k, v in r.headers}
+            offset = int(h["driftline-original-offset"])
+            assert offset not in seen, f"offset {offset} dead-lettered twice"
+            seen[offset] = r
+            assert h["driftline-original-topic"] == topic and h["driftline-error"].startswith("oversized")
+            assert r.value == all_records[offset]
+        assert set(seen) == expected
+        log = svc.log()
+        assert log.count("paused for") == 1 and log.count("again after") == 1, log[-3000:]
+        assert svc.stop() == 0
