@@ -156,19 +156,28 @@ def consume_all(bootstrap: str, topic: str, expect: int, timeout: float) -> list
     return records
 
 
-def test_hostile_events_are_counted_by_reason_copied_to_the_dead_letter_topic_and_memory_stays_bounded(
-        services, tmp_path, broker, topic, reference_path) -> None:
-    dead_topic = f"dead-{uuid.uuid4().hex[:10]}"
-    broker.create_topic(dead_topic, partitions=2)
-    conf = monitor_config("credit-risk", broker.bootstrap, topic, reference_path,
-                          window={"type": "count", "size": WINDOW, "min_events": 200},
-                          kafka={"bootstrap_servers": [broker.bootstrap], "topic": topic,
+def start_with_dead_letters(services: list[ServiceProcess], tmp_path: Path, bootstrap: str, topic: str,
+                            dead_topic: str, reference_path: Path, window: dict[str, Any],
+                            **kafka: Any) -> tuple[ServiceProcess, dict[str, Any]]:
+    """A running `driftline run` reading `topic` from the start, dead letters to `dead_topic`;
+    and its monitor's configuration."""
+    conf = monitor_config("credit-risk", bootstrap, topic, reference_path, window=window,
+                          kafka={"bootstrap_servers": [bootstrap], "topic": topic,
                                  "group_id": f"fuzz-{uuid.uuid4().hex[:8]}", "auto_offset_reset": "earliest",
-                                 "dead_letter_topic": dead_topic})
+                                 "dead_letter_topic": dead_topic, **kafka})
     conf["event"]["max_event_bytes"] = MAX_EVENT_BYTES
     svc = ServiceProcess(tmp_path, [conf])
     services.append(svc)
     svc.start()
+    return svc, conf
+
+
+def test_hostile_events_are_counted_by_reason_copied_to_the_dead_letter_topic_and_memory_stays_bounded(
+        services, tmp_path, broker, topic, reference_path) -> None:
+    dead_topic = f"dead-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(dead_topic, partitions=2)
+    svc, conf = start_with_dead_letters(services, tmp_path, broker.bootstrap, topic, dead_topic, reference_path,
+                                        {"type": "count", "size": WINDOW, "min_events": 200})
     assert svc.proc is not None
     pid = svc.proc.pid
 
@@ -352,16 +361,9 @@ def test_an_unreachable_dead_letter_topic_pauses_consumption_in_bounded_memory_a
         topic, dead_topic = f"serving-{uuid.uuid4().hex[:10]}", f"dead-{uuid.uuid4().hex[:10]}"
         broker.create_topic(topic)
         broker.create_topic(dead_topic)
-        conf = monitor_config("credit-risk", broker.bootstrap, topic, reference_path,
-                              window={"type": "count", "size": 1000, "min_events": 100},
-                              kafka={"bootstrap_servers": [broker.bootstrap], "topic": topic,
-                                     "group_id": f"stall-{uuid.uuid4().hex[:8]}", "auto_offset_reset": "earliest",
-                                     "dead_letter_topic": dead_topic, "dead_letter_max_pending_bytes": cap,
-                                     "max_poll_records": max_poll})
-        conf["event"]["max_event_bytes"] = MAX_EVENT_BYTES
-        svc = ServiceProcess(tmp_path, [conf])
-        services.append(svc)
-        svc.start()
+        svc, _ = start_with_dead_letters(services, tmp_path, broker.bootstrap, topic, dead_topic, reference_path,
+                                         {"type": "count", "size": 1000, "min_events": 100},
+                                         dead_letter_max_pending_bytes=cap, max_poll_records=max_poll)
         assert svc.proc is not None
         rng = random.Random(11)
         valid = encode(TrafficModel(seed=11).events(500, now=int(time.time())))
