@@ -210,7 +210,7 @@ class Monitor:
             mark = self.windows.mark(partition)
             if mark is not None:
                 part = slice(start, start + len(records))
-                skip[part] = offsets[part] < mark.replay_from
+                skip[part] = offsets[part] < mark.read_from
                 replay[part] = ~skip[part] & (offsets[part] < mark.position)
 
         def pick(idx: np.ndarray) -> tuple[list[bytes | None], list[int | None] | None]:
@@ -305,8 +305,7 @@ class Monitor:
                 self._known_marks.pop(p, None)  # this process's own mark of it is stale now
             else:
                 mark = self._known_marks.get(p) or (theirs[1] if theirs is not None else None)
-            self.windows.adopt(p, mark, offset)
-            start = mark.replay_from if mark is not None else offset
+            start = self.windows.adopt(p, mark, offset)
             if start is not None:
                 starts[p] = start
             log.info("monitor %s: partition %d from offset %s%s", self.name, p, start,

@@ -27,7 +27,7 @@ import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,8 @@ class WindowProfile:
         self.start, self.end = min(self.start, other.start), max(self.end, other.end)
         self.first_event_time = min(self.first_event_time, other.first_event_time)
         self.last_event_time = max(self.last_event_time, other.last_event_time)
+        for p, o in other.first_offsets.items():
+            self.first_offsets[p] = min(o, self.first_offsets.get(p, o))
 
     def sample(self, i: int) -> ColumnSample:
         if i in self.numerical:
@@ -278,6 +280,8 @@ class _Lane:
     open: dict[int, WindowProfile] = field(default_factory=dict)
     max_event_time: float = -math.inf
     wall_at_max_event: float = 0.0
+    # horizon size -> the running merge of this lane's closed windows of its current period
+    horizons: dict[float, WindowProfile | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -289,19 +293,34 @@ class PartitionMark:
     again (the open windows are rebuilt from Kafka, as no raw value is stored), the others
     skipped, and none is counted again. Time windows up to index `closed` were closed and
     evaluated by that reader (None: none).
+
+    `horizons_from` (this process's own checkpoint only, never in commit metadata): where
+    the closed buckets of the horizons' open windows begin. After a restart, the records
+    from there are read again to rebuild those horizon windows too (see
+    `TumblingWindows.restore`); `replay_from`, the committed offset, does not move for it.
     """
 
     replay_from: int
     position: int
     closed: int | None = None
+    horizons_from: int | None = None
+
+    @property
+    def read_from(self) -> int:
+        """Where reading starts: records before are skipped."""
+        return self.replay_from if self.horizons_from is None else min(self.replay_from, self.horizons_from)
 
     def to_json(self) -> dict[str, int | None]:
-        return {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
+        d = {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
+        if self.horizons_from is not None:
+            d["horizons_from"] = self.horizons_from
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartitionMark:
-        closed = d.get("closed")
-        return cls(int(d["replay_from"]), int(d["position"]), None if closed is None else int(closed))
+        closed, horizons_from = d.get("closed"), d.get("horizons_from")
+        return cls(int(d["replay_from"]), int(d["position"]), None if closed is None else int(closed),
+                   None if horizons_from is None else int(horizons_from))
 
 
 class TumblingWindows:
@@ -345,6 +364,14 @@ class TumblingWindows:
         self._floor_from_first: set[int] = set()  # adopted without a known floor
         self._lanes: dict[int, _Lane] = {}  # partitions behind the closed windows
         self._paused = False  # partitions revoked, not yet assigned again: nothing may close
+        # Horizon windows after a restart (`restore`): each closing step whose buckets are in
+        # an open horizon window, as (highest bucket index closed, every partition's position
+        # then). A record read again was merged into its horizon window iff it came before
+        # the position of the step that closed its bucket; after it, it had come late.
+        self._close_steps: list[tuple[int, dict[int, int]]] = []
+        self._horizons_restored = False  # restored empty, rebuilt by reading again
+        self._rebuild: set[int] = set()  # partitions whose part of them is being read again
+        self._shares_due: list[tuple[float, WindowProfile]] = []  # horizon shares of lanes merged
 
     def _new(self, start: float, end: float) -> WindowProfile:
         return WindowProfile(self._kinds, start, end, self._budget, prediction_kind=self._prediction_kind)
@@ -367,6 +394,7 @@ class TumblingWindows:
                     mark = self._marks.get(p)
                     if mark is not None and nxt >= mark.position:
                         del self._marks[p]  # caught up: what follows is new
+                        self._rebuild.discard(p)
                         self._resume_watermark()
             return late
 
@@ -422,6 +450,9 @@ class TumblingWindows:
         replay = origin is not None and origin.replay
         if not replay:
             self.late_events += late
+        elif late and lane is None and self._rebuild:
+            assert origin is not None
+            self._rebuild_horizons(batch, index, origin, ~on_time)
         windows = self._open if lane is None else self._lanes[lane].open
         for i in np.unique(index[on_time]).tolist():
             w = windows.get(i)
@@ -440,6 +471,29 @@ class TumblingWindows:
             self._wall_at_max_event = self._clock()
         return 0 if replay else late
 
+    def _rebuild_horizons(self, batch: DecodedBatch, index: np.ndarray, origin: Origin,
+                          closed_rows: np.ndarray) -> None:
+        """Records read again after a restart, of buckets closed before it (`closed_rows`):
+        those that were merged into a horizon window still open go into it again."""
+        rows = closed_rows & np.isin(origin.partitions, list(self._rebuild))
+        if not rows.any() or not self._close_steps:
+            return
+        uptos = np.array([upto for upto, _ in self._close_steps])
+        step = np.searchsorted(uptos, index, side="left")  # the step that closed each record's bucket
+        before = np.full(index.size, -1, dtype=np.int64)
+        for p in np.unique(origin.partitions[rows]).tolist():
+            at_close = np.array([positions.get(p, -1) for _, positions in self._close_steps] + [-1])
+            mine = rows & (origin.partitions == p)
+            before[mine] = at_close[step[mine]]
+        rows &= origin.offsets < before  # read before its bucket closed: it was in the bucket
+        for horizon, acc in self._horizons.items():
+            if acc is None:
+                continue
+            mine = rows & (np.floor(index * self.size / horizon + 1e-9) == round(acc.start / horizon))
+            if mine.any():
+                acc.add_batch(batch.select(mine))
+                _note_first_offsets(acc, origin, mine)
+
     def _decide_floors(self, index: np.ndarray, origin: Origin) -> None:
         """A partition adopted without a known floor (its previous reader's commit carried
         no marks: e.g. Tansu drops commit metadata): its first record, at the committed
@@ -455,7 +509,7 @@ class TumblingWindows:
 
     def _lane_if_behind(self, p: int) -> None:
         if self.kind == "time" and self._closed_floor.get(p, -math.inf) < self._last_closed_index:
-            self._lanes.setdefault(p, _Lane())
+            self._lanes.setdefault(p, _Lane(horizons=dict.fromkeys(self._horizons)))
 
     def watermark(self) -> float:
         if self._max_event_time == -math.inf:
@@ -482,30 +536,40 @@ class TumblingWindows:
         with self._lock:
             if self._marks or self._paused:
                 return [], self._checkpoint()
+            self._horizons_restored = False  # every partition read again: rebuilt
             mark = -math.inf
             if self.kind == "time":
                 mark = self.watermark() - self.lateness
+                before = self._last_closed_index
                 for index in sorted(i for i, w in self._open.items() if w.end <= mark):
                     self._closed.append(self._open.pop(index))
                     self._last_closed_index = max(self._last_closed_index, index)
+                if self._horizons and self._last_closed_index > before:
+                    self._close_steps.append((int(self._last_closed_index), {
+                        p: pos for p, pos in self._positions.items() if p not in self._lanes}))
             buckets, self._closed = self._closed, []
             out: list[tuple[float, WindowProfile]] = []
             for bucket in buckets:
                 out.append((self.size, bucket))
                 for horizon in self._horizons:
-                    out.extend((horizon, w) for w in self._roll(horizon, bucket))
+                    out.extend((horizon, w) for w in self._roll(self._horizons, horizon, bucket))
             for horizon, acc in self._horizons.items():
                 if acc is not None and acc.end <= mark:
-                    out.append((horizon, acc))
+                    if acc.events:  # (a window restored empty that nothing was read again into)
+                        out.append((horizon, acc))
                     self._horizons[horizon] = None
-            out.extend((self.size, w) for w in self._close_lanes())  # shares: not in the horizons
+            self._prune_close_steps()
+            out.extend(self._close_lanes())
+            out.extend(self._shares_due)
+            self._shares_due.clear()
             return out, self._checkpoint()
 
-    def _close_lanes(self) -> list[WindowProfile]:
-        """Close each lane's windows by its own watermark; merge a lane that has caught up
-        (closed all this process closed, and its event time within half the lateness of
-        the process's) into the process's windows."""
-        out = []
+    def _close_lanes(self) -> list[tuple[float, WindowProfile]]:
+        """Close each lane's windows by its own watermark, as shares, rolled into the lane's
+        own horizon windows (shares too); merge a lane that has caught up (closed all this
+        process closed, and its event time within half the lateness of the process's) into
+        the process's windows."""
+        out: list[tuple[float, WindowProfile]] = []
         now = self._clock()
         for p, lane in list(self._lanes.items()):
             if lane.max_event_time != -math.inf:
@@ -513,22 +577,47 @@ class TumblingWindows:
                 for index in sorted(i for i, w in lane.open.items() if w.end <= mark):
                     w = lane.open.pop(index)
                     w.partitions = (p,)
-                    out.append(w)
+                    out.append((self.size, w))
+                    for horizon in lane.horizons:
+                        out.extend((horizon, acc) for acc in self._roll(lane.horizons, horizon, w))
                     self._closed_floor[p] = max(self._closed_floor.get(p, -math.inf), index)
+                for horizon, acc in lane.horizons.items():
+                    if acc is not None and acc.end <= mark:
+                        out.append((horizon, acc))
+                        lane.horizons[horizon] = None
             if (self._closed_floor.get(p, -math.inf) >= self._last_closed_index
                     and lane.max_event_time >= self._max_event_time - self.lateness / 2):
                 self._merge_lane(p)
         return out
 
+    def _prune_close_steps(self) -> None:
+        """Keep the steps that closed buckets of the open horizon windows."""
+        firsts = [round(acc.start / self.size) for acc in self._horizons.values() if acc is not None]
+        oldest = min(firsts, default=math.inf)
+        self._close_steps = [s for s in self._close_steps if s[0] >= oldest]
+
     def _merge_lane(self, p: int) -> None:
-        for i, w in self._lanes.pop(p).open.items():
+        """The lane's open windows join the process's; so does each of its horizon windows
+        of the process's current period. One of a later period (the process has not closed
+        that period's first bucket yet) is handed out as a share."""
+        lane = self._lanes.pop(p)
+        for i, w in lane.open.items():
             mine = self._open.get(i)
             if mine is None:
                 self._open[i] = w
+            else:
+                mine.merge(w)
+        for horizon, acc in lane.horizons.items():
+            if acc is None:
                 continue
-            mine.merge(w)
-            for q, o in w.first_offsets.items():
-                mine.first_offsets[q] = min(o, mine.first_offsets.get(q, o))
+            mine = self._horizons.get(horizon)
+            if mine is not None and mine.start == acc.start:
+                mine.merge(acc)
+            elif mine is None and acc.start == self._period_start(self._last_closed_index + 1, horizon):
+                acc.partitions = None  # the period the process's next bucket rolls into
+                self._horizons[horizon] = acc
+            else:
+                self._shares_due.append((horizon, acc))
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -542,25 +631,36 @@ class TumblingWindows:
                    *(w for lane in self._lanes.values() for w in lane.open.values())]
         # (only count windows wait there: time windows close and are handed out in one step)
         closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
+        horizons = [acc for acc in self._horizons.values() if acc is not None]
         partitions = {}
         for p, pos in self._positions.items():
             if p in self._floor_from_first:
                 continue  # nothing known yet: its committed offset stays, and tells the next reader
             firsts = [w.first_offsets[p] for w in pending if p in w.first_offsets]
             mark = self._marks.get(p)
+            in_horizons = [acc.first_offsets[p] for acc in horizons if p in acc.first_offsets]
+            if mark is not None and mark.horizons_from is not None and p in self._rebuild:
+                in_horizons.append(mark.horizons_from)
             floor = self._closed_floor.get(p, -math.inf)
             if p in self._lanes:
                 part_closed = None if floor == -math.inf else int(floor)
             else:
                 part_closed = closed if floor == -math.inf else int(max(floor, self._last_closed_index))
             partitions[str(p)] = PartitionMark(
-                replay_from=min(firsts, default=pos) if mark is None else min(mark.replay_from, *firsts, pos),
+                # (while replaying, reading may have begun before replay_from: horizons_from)
+                replay_from=min(firsts, default=pos) if mark is None else min([mark.replay_from, *firsts]),
                 position=pos if mark is None else max(pos, mark.position),
-                closed=part_closed).to_json()
-        return {"kind": self.kind, "closed_index": closed,
-                "count_index": self._count_index - len(self._closed),
-                "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
-                "partitions": partitions}
+                closed=part_closed, horizons_from=min(in_horizons, default=None)).to_json()
+        state: dict[str, Any] = {
+            "kind": self.kind, "closed_index": closed, "count_index": self._count_index - len(self._closed),
+            "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
+            "partitions": partitions}
+        if self._horizons:
+            state["horizons"] = {repr(h): None if acc is None else round(acc.start / h)
+                                 for h, acc in self._horizons.items()}
+            state["close_steps"] = [[upto, {str(p): pos for p, pos in positions.items()}]
+                                    for upto, positions in self._close_steps]
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take up the window markers of a checkpoint (partitions are adopted one by one)."""
@@ -573,6 +673,18 @@ class TumblingWindows:
             if state.get("max_event_time") is not None:
                 self._max_event_time = float(state["max_event_time"])
                 self._wall_at_max_event = self._clock()
+            # Open horizon windows come back empty, and are rebuilt from Kafka like the open
+            # buckets: each partition is read again from its mark's horizons_from (`adopt`),
+            # and the records that were in their closed buckets go into them again
+            # (`_rebuild_horizons`). Until the partitions are assigned, nothing closes.
+            periods = state.get("horizons") or {}
+            for h in self._horizons:
+                period = periods.get(repr(h))
+                if period is not None:
+                    self._horizons[h] = self._new(period * h, (period + 1) * h)
+                    self._horizons_restored = self._paused = True
+            self._close_steps = [(int(upto), {int(p): int(pos) for p, pos in positions.items()})
+                                 for upto, positions in state.get("close_steps") or []]
 
     def _resume_watermark(self) -> None:
         """The watermark advances with the wall clock only while this process reads: the
@@ -580,31 +692,39 @@ class TumblingWindows:
         if self._max_event_time != -math.inf:
             self._wall_at_max_event = self._clock()
 
-    def adopt(self, partition: int, mark: PartitionMark | None, start: int | None) -> None:
+    def adopt(self, partition: int, mark: PartitionMark | None, start: int | None) -> int | None:
         """A partition is now read by this process, from offset `start` (None: unknown yet).
         With a mark, its records up to the mark's position are a replay (see PartitionMark).
+        Returns the offset to read from.
 
         Windows up to the mark's `closed` were closed for the partition; without a mark, its
         first record decides (`_decide_floors`). If that
-        leaves it behind this process's closed windows, it gets a lane (module docstring)."""
+        leaves it behind this process's closed windows, it gets a lane (module docstring).
+        The mark's `horizons_from` counts only while horizon windows are being restored."""
         with self._lock:
             self._paused = False
             self._resume_watermark()
             self._closed_floor.pop(partition, None)
             self._floor_from_first.discard(partition)
             self._lanes.pop(partition, None)
+            self._rebuild.discard(partition)
             if mark is None:
                 self._marks.pop(partition, None)
                 if start is not None:
                     self._positions[partition] = start
                     if self.kind == "time":
                         self._floor_from_first.add(partition)
-                return
-            self._positions[partition] = mark.replay_from
+                return start
+            if not self._horizons_restored and mark.horizons_from is not None:
+                mark = replace(mark, horizons_from=None)
+            self._positions[partition] = mark.read_from
             self._closed_floor[partition] = -math.inf if mark.closed is None else mark.closed
             self._lane_if_behind(partition)
             if mark.position > self._positions[partition]:
                 self._marks[partition] = mark
+                if mark.horizons_from is not None:
+                    self._rebuild.add(partition)
+            return mark.read_from
 
     def mark(self, partition: int) -> PartitionMark | None:
         with self._lock:
@@ -621,8 +741,12 @@ class TumblingWindows:
         events stay in the open windows. Returns its position, where reading goes on."""
         with self._lock:
             self._paused = False
-            self._marks.pop(partition, None)
-            return self._positions.get(partition)
+            pos = self._positions.get(partition)
+            mark = self._marks.get(partition)
+            if mark is not None and (pos is None or pos >= mark.position):
+                del self._marks[partition]
+                self._rebuild.discard(partition)
+            return pos  # (a replay cut short by the revocation goes on from there)
 
     def release(self) -> None:
         """Partitions went to another process: drop the open windows (the partitions kept
@@ -635,7 +759,15 @@ class TumblingWindows:
             self._marks.clear()
             self._closed_floor.clear()
             self._floor_from_first.clear()
+            for lane in self._lanes.values():  # their horizon windows so far, as shares
+                self._shares_due.extend((h, acc) for h, acc in lane.horizons.items() if acc is not None)
             self._lanes.clear()
+            self._rebuild.clear()
+            if self._horizons_restored:
+                # restored horizon windows not rebuilt yet: emptied, rebuilt by whoever reads
+                # the partitions this process gets now (a moved partition's part is lost)
+                self._horizons = {h: acc if acc is None else self._new(acc.start, acc.end)
+                                  for h, acc in self._horizons.items()}
 
     def caught_up(self, positions: dict[int, int]) -> None:
         """The consumer's fetch positions: a partition whose position reached its mark's
@@ -645,6 +777,7 @@ class TumblingWindows:
                 mark = self._marks.get(p)
                 if mark is not None and pos >= mark.position:
                     del self._marks[p]
+                    self._rebuild.discard(p)
                     self._positions[p] = max(self._positions.get(p, pos), pos)
                     self._resume_watermark()
 
@@ -657,24 +790,34 @@ class TumblingWindows:
             self._marks.clear()
             self._closed_floor.clear()
             self._floor_from_first.clear()
-            for w in self._open.values():
+            self._rebuild.clear()
+            self._close_steps.clear()
+            for w in (*self._open.values(), *(acc for acc in self._horizons.values() if acc is not None)):
                 w.first_offsets.clear()
 
-    def _roll(self, horizon: float, bucket: WindowProfile) -> list[WindowProfile]:
+    def _period_start(self, index: float, horizon: float) -> float:
+        """Where the period of `horizon` that holds bucket `index` begins."""
+        return math.floor(index * self.size / horizon + 1e-9) * horizon
+
+    def _roll(self, accs: dict[float, WindowProfile | None], horizon: float,
+              bucket: WindowProfile) -> list[WindowProfile]:
+        """Merge a closed bucket into `accs`' window of `horizon`; the windows this closes."""
         closed = []
-        acc = self._horizons[horizon]
+        acc = accs[horizon]
         period = math.floor(bucket.start / horizon + 1e-9)
         if acc is not None and acc.start != period * horizon:
-            closed.append(acc)
+            if acc.events:
+                closed.append(acc)
             acc = None
         if acc is None:
             acc = self._new(period * horizon, (period + 1) * horizon)
         acc.merge(bucket)
         acc.start, acc.end = period * horizon, (period + 1) * horizon
+        acc.partitions = bucket.partitions
         if bucket.end >= acc.end - 1e-9:
             closed.append(acc)
             acc = None
-        self._horizons[horizon] = acc
+        accs[horizon] = acc
         return closed
 
     def open_events(self) -> int:

@@ -3,7 +3,8 @@
 - kill -9 at random moments, DRIFTLINE_CRASH_KILLS times (6 by default), while traffic
   flows into three partitions: after the restarts, every window's event count and drift
   numbers equal those of a run that was never interrupted, reading the same topic, and
-  each window is recorded once. The retraining request the drifted windows make is
+  each window is recorded once: the 10 s buckets and the 30 s horizon windows merging them
+  (rebuilt after a restart by reading their closed buckets again). The retraining request the drifted windows make is
   delivered with the same webhook-id as the uninterrupted run's.
 - Two processes in one consumer group, the second joining and later leaving mid-window
   (count and time windows): every event is in exactly one window of one of them, closed
@@ -65,11 +66,12 @@ def traffic_events() -> list[tuple[int, bytes]]:
 
 
 def config(bootstrap: str, topic: str, reference: Path, group: str, receiver_url: str | None = None,
-           instance: str | None = None, lateness: str = "30s") -> dict[str, Any]:
+           instance: str | None = None, lateness: str = "30s", horizons: tuple[str, ...] = ()) -> dict[str, Any]:
     conf = monitor_config(
         "credit-risk", bootstrap, topic, reference,
         # lateness covers the skew between partitions read in fetch-sized chunks
-        window={"type": "time", "size": "10s", "allowed_lateness": lateness, "min_events": 200},
+        window={"type": "time", "size": "10s", "allowed_lateness": lateness, "min_events": 200,
+                "horizons": list(horizons)},
         kafka={"bootstrap_servers": [bootstrap], "topic": topic, "group_id": group, "auto_offset_reset": "earliest",
                "commit_interval": 1, "session_timeout": 6, "max_poll_interval": 10, "max_poll_records": 300,
                # static membership: the restarted process takes the killed one's partitions at once
@@ -128,10 +130,11 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     (tmp_path / "steady").mkdir()
     (tmp_path / "crashing").mkdir()
     steady = ServiceProcess(tmp_path / "steady", [config(broker.bootstrap, topic, reference_path,
-                                                         f"steady-{uuid.uuid4().hex[:6]}", receiver.url)], env)
+                                                         f"steady-{uuid.uuid4().hex[:6]}", receiver.url,
+                                                         horizons=("30s",))], env)
     crashing = ServiceProcess(tmp_path / "crashing", [config(broker.bootstrap, topic, reference_path,
                                                              f"crashing-{uuid.uuid4().hex[:6]}", receiver.url,
-                                                             "crashing-0")], env)
+                                                             "crashing-0", horizons=("30s",))], env)
     services.extend([steady, crashing])
     steady.start()
     crashing.start(wait_ready=False)
@@ -158,6 +161,9 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
                what="the uninterrupted run's windows")
     wait_until(lambda: len(results(crashing.workdir / "state.sqlite")) >= WINDOWS, 180,
                what="the crashed run's windows")
+    for run in (steady, crashing):
+        wait_until(lambda: len(results(run.workdir / "state.sqlite", "30s")) >= WINDOWS // 3, 30,  # noqa: B023
+                   what="the horizon windows")
     time.sleep(3.0)  # a window recorded twice would show up by now
 
     want = results(steady.workdir / "state.sqlite")
@@ -167,6 +173,10 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     assert [r["window_start"] for r in got] == [r["window_start"] for r in want], "a window recorded twice or lost"
     for a, b in zip(got, want, strict=True):
         assert comparable(a) == comparable(b), (a["window_start"], a, b)
+    want_30s = results(steady.workdir / "state.sqlite", "30s")
+    got_30s = results(crashing.workdir / "state.sqlite", "30s")
+    assert [r["events"] for r in want_30s] == [3000] * (WINDOWS // 3)
+    assert [comparable(r) for r in got_30s] == [comparable(r) for r in want_30s]
     drifted = [w for w, r in enumerate(want) if r["dataset_drift"]]
     assert set(drifted) <= set(DRIFTED) and len(drifted) >= 3, drifted
 

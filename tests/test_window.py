@@ -253,7 +253,7 @@ def _feed(w: TumblingWindows, events: list[tuple[int, int, float, float, str]], 
         nxt[p] = max(nxt.get(p, 0), o + 1)
     marks = [w.mark(p) for p, *_ in events]
     replay = [m is not None and o < m.position for m, (_, o, *_) in zip(marks, events, strict=True)]
-    skip = [m is not None and o < m.replay_from for m, (_, o, *_) in zip(marks, events, strict=True)]
+    skip = [m is not None and o < m.read_from for m, (_, o, *_) in zip(marks, events, strict=True)]
     for again in (True, False):
         rows = np.array([r and not s if again else not (r or s) for r, s in zip(replay, skip, strict=True)])
         if rows.any():
@@ -270,7 +270,8 @@ def _feed(w: TumblingWindows, events: list[tuple[int, int, float, float, str]], 
 def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterrupted_run(
         seed: int, cut: float, lost: int, kind: str) -> None:
     """Crash after a checkpoint (and `lost` batches it never covered): a new process restores
-    it, re-reads each partition from its replay_from and closes the same windows, none twice.
+    it, re-reads each partition from where it says and closes the same windows, none twice:
+    the buckets, and with time windows the horizon windows (3 buckets each) that merge them.
 
     With time windows the comparison holds where no event can come late, whenever windows
     close: each event is less than the allowed lateness behind the newest event read before
@@ -286,16 +287,17 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
 
     def new() -> TumblingWindows:
         return TumblingWindows(kind=kind, size=20.0 if kind == "time" else 70, allowed_lateness=lateness, kinds=KINDS,
-                               prediction_kind=None, clock=clock)
+                               prediction_kind=None, clock=clock, horizons=(60.0,) if kind == "time" else ())
 
-    def summary(ws: list[WindowProfile]) -> list[tuple[float, int, list[float], dict[str, int]]]:
-        return [(p.start, p.events, sorted(p.numerical[0].values), dict(p.categorical[1])) for p in ws]
+    def summary(ws: list[tuple[float, WindowProfile]]) -> list[tuple[float, float, int, list[float], dict[str, int]]]:
+        return sorted((h, p.start, p.events, sorted(p.numerical[0].values), dict(p.categorical[1])) for h, p in ws)
 
-    def run(w: TumblingWindows, bs: list[list[tuple[int, int, float, float, str]]]) -> list[WindowProfile]:
+    def run(w: TumblingWindows,
+            bs: list[list[tuple[int, int, float, float, str]]]) -> list[tuple[float, WindowProfile]]:
         out = []
         for b in bs:
             _feed(w, b, decoder)
-            out.extend(p for _, p in w.close_and_checkpoint()[0])
+            out.extend(w.close_and_checkpoint()[0])
         return out
 
     newest = np.maximum.accumulate([t for _, _, t, _, _ in events])
@@ -312,13 +314,14 @@ def test_a_restart_from_a_checkpoint_rebuilds_exactly_the_windows_of_an_uninterr
     restarted.restore(state)
     from driftline.service.window import PartitionMark
 
-    for p, m in state["partitions"].items():
-        restarted.adopt(int(p), PartitionMark.from_json(m), m["replay_from"])
-    starts = {int(p): m["replay_from"] for p, m in state["partitions"].items()}
+    starts = {int(p): restarted.adopt(int(p), PartitionMark.from_json(m), m["replay_from"])
+              for p, m in state["partitions"].items()}
     rest = [e for e in events if e[1] >= starts.get(e[0], 0)]
     after = run(restarted, [rest[i:i + 25] for i in range(0, len(rest), 25)])
     assert summary(before + after) == summary(want)
-    assert len(want) >= 3 and sum(p.events for p in want) > len(events) // 2
+    assert len(want) >= 3 and sum(p.events for h, p in want if h == restarted.size) > len(events) // 2
+    if kind == "time":
+        assert sum(p.events for h, p in want if h == 60.0) == sum(p.events for h, p in want if h == 20.0)
 
 
 def _decoder() -> object:
@@ -438,3 +441,106 @@ def test_a_partition_adopted_without_marks_takes_its_floor_from_its_first_record
     assert late == 1  # 1049 is in the window before the first record's: closed by the previous reader
     assert w.open_events() == 3
     assert w.checkpoint()["partitions"]["0"] == {"replay_from": 40, "position": 44, "closed": 104}
+
+
+def test_a_restart_rebuilds_a_horizon_window_without_the_events_that_came_late() -> None:
+    """Buckets of 10 s, a 30 s horizon: the first bucket closes, an event of it comes late
+    (not in the horizon window), then the process crashes. Read again from its mark, the
+    restored horizon window holds the on-time events of the closed bucket, not the late one."""
+    from driftline.service.window import Origin, PartitionMark
+
+    decoder = _decoder()
+    clock = FakeClock(0.0)
+
+    def new() -> TumblingWindows:
+        return time_windows(clock, size=10, lateness=2, horizons=(30.0,))
+
+    records = [(1001.0, 1.0), (1004.0, 2.0), (1013.0, 3.0), (1009.0, 99.0), (1016.0, 4.0)]  # 1009: late
+
+    def feed(w: TumblingWindows, rows: range, replay: bool = False) -> int:
+        raws = [json.dumps({"ts": records[i][0], "x": records[i][1], "c": "a"}).encode() for i in rows]
+        return w.add_batch(decoder.decode_batch(raws, None, 1e6),  # type: ignore[attr-defined]
+                           Origin(np.zeros(len(rows), dtype=np.int64), np.array(list(rows)),
+                                  {} if replay else {0: rows[-1] + 1}, replay=replay))
+
+    def horizon_windows(out: list[tuple[float, WindowProfile]]) -> list[tuple[float, list[float]]]:
+        return [(p.start, sorted(p.numerical[0].values)) for h, p in out if h == 30.0]
+
+    steady = new()
+    steady.adopt(0, None, 0)
+    feed(steady, range(0, 3))
+    assert [p.start for p in closed(steady)] == [1000.0]  # 1013 - 2 passed 1010
+    assert feed(steady, range(3, 4)) == 1  # 1009: late
+    feed(steady, range(4, 5))
+    state = json.loads(json.dumps(steady.checkpoint()))
+    assert state["partitions"]["0"]["horizons_from"] == 0 and state["partitions"]["0"]["replay_from"] == 2
+
+    restarted = new()
+    restarted.restore(state)
+    start = restarted.adopt(0, PartitionMark.from_json(state["partitions"]["0"]), 2)
+    assert start == 0  # before the committed offset, 2: the horizon window's first bucket begins there
+    feed(restarted, range(0, 5), replay=True)
+    restarted.caught_up({0: 5})
+    clock.t = 1e4
+    for w in (steady, restarted):
+        w.add((0.0, "a"), 1040.0, None, None)  # closes the period
+    assert horizon_windows(restarted.close_due()) == horizon_windows(steady.close_due()) == \
+        [(990.0, [1.0, 2.0, 3.0, 4.0])]  # [990, 1020): aligned to the epoch
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), join=st.integers(6, 14), pace=st.integers(13, 40))
+def test_a_partition_behind_adds_its_share_of_the_horizon_windows(seed: int, join: int, pace: int) -> None:
+    """Partition 2 comes in late, from offset 0 (no marks, as from Tansu), behind the
+    windows closed for 0 and 1: its lane's buckets and horizon windows are shares until it
+    catches up and merges. Per (horizon, window start), all windows together hold the
+    events and values of a single process that read everything in order."""
+    decoder = _decoder()
+    lateness = 60.0
+    events = _stream(seed, partitions=3, n=900, jitter=0.0)
+    clock = FakeClock(0.0)
+
+    def new() -> TumblingWindows:
+        return TumblingWindows(kind="time", size=20.0, allowed_lateness=lateness, kinds=KINDS,
+                               prediction_kind=None, clock=clock, horizons=(60.0, 100.0))
+
+    def step(w: TumblingWindows, queue: list[tuple[int, int, float, float, str]], n: int,
+             out: list[tuple[float, WindowProfile]]) -> None:
+        batch, queue[:] = queue[:n], queue[n:]
+        if batch:
+            _feed(w, batch, decoder)
+        out.extend(w.close_and_checkpoint()[0])
+
+    steady, want = new(), []
+    queue = list(events)
+    while queue:
+        step(steady, queue, 25, want)
+
+    a, got = new(), []
+    first = [e for e in events if e[0] != 2 and e[2] < 1e5]  # (the far-ahead events: last)
+    late = [e for e in events if e[0] == 2 and e[2] < 1e5]
+    for _ in range(join):  # 0 and 1 alone for 6 to 14 batches: 110 to 260 s of event time
+        step(a, first, 25, got)
+    a.adopt(2, None, 0)
+    while first and late and late[0][2] < first[0][2]:  # 2 catches up at its own pace
+        step(a, first, 25, got)
+        step(a, late, pace, got)
+    order = {e: i for i, e in enumerate(events)}
+    rest = sorted(first + late, key=order.__getitem__)  # then all in step, as the single process read
+    while rest:
+        step(a, rest, 25, got)
+    ahead = [e for e in events if e[2] >= 1e5]
+    step(a, ahead, len(ahead), got)
+
+    def by_window(ws: list[tuple[float, WindowProfile]]) -> dict[tuple[float, float], tuple[int, list[float]]]:
+        acc: dict[tuple[float, float], tuple[int, list[float]]] = {}
+        for h, w in ws:
+            n, xs = acc.get((h, w.start), (0, []))
+            acc[(h, w.start)] = (n + w.events, sorted(xs + list(w.numerical[0].values)))
+        return acc
+
+    assert a.late_events == 0
+    assert by_window(got) == by_window(want)
+    assert a.open_events() == steady.open_events()
+    shares = {h for h, w in got if w.partitions == (2,)}
+    assert shares == {20.0, 60.0, 100.0}, "partition 2 was not behind the closed windows"
