@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,18 @@ def test_a_method_must_apply_to_the_feature_kind(tmp_path: Path, reference_path:
     path.write_text(yaml.safe_dump(conf))
     res = run_cli("check", "--config", str(path), env={"WH_SECRET": SECRET})
     assert res.returncode == 1 and expected in res.stderr, res.stderr
+
+
+def test_the_example_configuration_shows_every_field() -> None:
+    """deploy/driftline.example.yaml promises every field: each field of each settings model
+    appears there (as a key, or in a comment for the alternatives it shows)."""
+    from driftline.service import config
+    from pydantic import BaseModel
+
+    text = (Path(__file__).parents[1] / "deploy" / "driftline.example.yaml").read_text()
+    models = [m for m in vars(config).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == config.__name__]
+    fields = {(m.__name__, name) for m in models for name in m.model_fields}
+    assert len(fields) > 60
+    missing = sorted(f"{m}.{name}" for m, name in fields if not re.search(rf"\b{name}\b", text))
+    assert not missing, missing

@@ -165,6 +165,8 @@ def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.Tem
                                   "min_events": 200, "horizons": [f"{HORIZON}s"]})
     conf["retrain"] = {"webhook_url": receiver.url, "secret_env": "TEST_WEBHOOK_SECRET", "consecutive_windows": 2,
                        "cooldown": "1h", "initial_backoff": 0.2}
+    broker.create_topic(f"{topic}-dead", partitions=1)  # the malformed records go there too
+    conf["kafka"]["dead_letter_topic"] = f"{topic}-dead"
     svc = ServiceProcess(workdir, [conf], {"TEST_WEBHOOK_SECRET": secret})
     prom = Prometheus(workdir, f"127.0.0.1:{svc.port}", [RULES])
     try:

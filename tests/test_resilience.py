@@ -59,6 +59,18 @@ def start(services: list[ServiceProcess], tmp_path: Path, bootstrap: str, topic:
     return svc.start()
 
 
+def serving(services: list[ServiceProcess], tmp_path: Path, broker: LocalBroker, reference: Path, name: str,
+            seed: int, first: int) -> tuple[ServiceProcess, str, TrafficModel]:
+    """A service on a new topic of `broker`, once it has read the `first` events produced."""
+    topic = f"serving-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic)
+    svc = start(services, tmp_path, broker.bootstrap, topic, reference, f"{name}-{uuid.uuid4().hex[:8]}")
+    traffic = TrafficModel(seed=seed)
+    produce(broker.bootstrap, topic, encode(traffic.events(first)))
+    wait_until(lambda: consumed(svc) == first, 60, what="the first events")
+    return svc, topic, traffic
+
+
 def consumed(svc: ServiceProcess) -> float:
     return svc.sample("driftline_events_consumed_total", monitor="credit-risk") or 0.0
 
@@ -141,12 +153,7 @@ def test_sigterm_during_traffic_commits_exactly_what_was_accounted_for_and_exits
 
 def test_a_stopped_broker_makes_driftline_not_ready_then_it_resumes_counting_every_event_once(
         services, tmp_path, own_broker, reference_path) -> None:
-    topic = f"serving-{uuid.uuid4().hex[:10]}"
-    own_broker.create_topic(topic)
-    svc = start(services, tmp_path, own_broker.bootstrap, topic, reference_path, f"stop-{uuid.uuid4().hex[:8]}")
-    traffic = TrafficModel(seed=43)
-    produce(own_broker.bootstrap, topic, encode(traffic.events(2 * WINDOW + 300)))
-    wait_until(lambda: consumed(svc) == 2 * WINDOW + 300, 60, what="the first events")
+    svc, topic, traffic = serving(services, tmp_path, own_broker, reference_path, "stop", 43, 2 * WINDOW + 300)
     time.sleep(1.5)  # a commit of them (commit_interval 1 s)
     assert svc.get("/readyz")[0] == 200
 
@@ -186,13 +193,8 @@ def test_a_stopped_broker_makes_driftline_not_ready_then_it_resumes_counting_eve
 
 def test_a_broker_killed_and_restarted_empty_on_the_same_address_is_read_again_from_the_start(
         services, tmp_path, own_broker, reference_path) -> None:
-    topic = f"serving-{uuid.uuid4().hex[:10]}"
-    own_broker.create_topic(topic)
-    svc = start(services, tmp_path, own_broker.bootstrap, topic, reference_path, f"kill-{uuid.uuid4().hex[:8]}")
-    traffic = TrafficModel(seed=47)
     first = WINDOW + 500
-    produce(own_broker.bootstrap, topic, encode(traffic.events(first)))
-    wait_until(lambda: consumed(svc) == first, 60, what="the first events")
+    svc, topic, traffic = serving(services, tmp_path, own_broker, reference_path, "kill", 47, first)
     time.sleep(1.5)
 
     assert own_broker._proc is not None
