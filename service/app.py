@@ -154,8 +154,9 @@ class Service:
                 self.scheduler.add_job(self._reload_if_changed, "interval", args=[m],
                                        seconds=m.settings.reference.reload_interval, id=f"reference-{m.name}",
                                        max_instances=1, coalesce=True)
+        # each monitor's deliveries run in the dispatcher's own threads: a tick never waits
         self.scheduler.add_job(self.dispatcher.run_once, "interval", seconds=0.5, id="webhooks",
-                               max_instances=1, coalesce=True)
+                               kwargs={"wait": False}, max_instances=1, coalesce=True)
         self.scheduler.start()
         for c in self.consumers:
             c.start()
@@ -180,6 +181,7 @@ class Service:
         for c in self.consumers:
             c.join(max(0.1, deadline - time.monotonic()))
         self.scheduler.shutdown(wait=False)
+        self.dispatcher.close(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.api.stop()
         self.store.close()
 

@@ -16,6 +16,7 @@ import http.client
 import logging
 import random
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -60,20 +61,73 @@ def status_class(code: int | None, error: str | None) -> str:
 
 
 class Dispatcher:
-    """Delivers due outbox messages; `run_once` is scheduled periodically."""
+    """Delivers due outbox messages; `run_once` is scheduled periodically.
+
+    Each monitor's messages go out in order, one at a time, in a thread of its own; monitors
+    are served in parallel (up to `parallel` at once), so a slow or hanging endpoint delays
+    only its own monitor's requests. The threads are daemons: at exit a delivery under way
+    is cut short, and the message, still in the outbox, goes out again after a restart."""
 
     def __init__(self, store: Store, endpoints: dict[str, Endpoint],
                  on_attempt: Callable[[str, str], None], clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, parallel: int = 8) -> None:
         self._store, self._endpoints, self._on_attempt = store, endpoints, on_attempt
         self._clock = clock
         self._rng = rng or random.Random()
+        self._lock = threading.Lock()  # guards _busy, _closed and the rng
+        self._busy: set[str] = set()  # monitors whose deliveries are under way
+        self._closed = False
+        self._slots = threading.Semaphore(max(1, parallel))
 
-    def run_once(self) -> int:
-        delivered = 0
-        for msg in self._store.due(self._clock(), list(self._endpoints)):
-            delivered += self._deliver(msg, self._endpoints[msg.monitor])
-        return delivered
+    def run_once(self, wait: bool = True) -> int:
+        """Start delivering the due messages of every monitor not already delivering; with
+        `wait`, wait for them and return how many were acknowledged."""
+        with self._lock:
+            if self._closed:
+                return 0
+            idle = [m for m in self._endpoints if m not in self._busy]
+        by_monitor: dict[str, list[OutboxMessage]] = {}
+        for msg in self._store.due(self._clock(), idle):
+            by_monitor.setdefault(msg.monitor, []).append(msg)
+        acknowledged: dict[str, int] = {}
+        threads = []
+        for monitor, messages in by_monitor.items():
+            with self._lock:
+                self._busy.add(monitor)
+            t = threading.Thread(target=self._deliver_all, args=(monitor, messages, acknowledged),
+                                 name=f"webhooks-{monitor}", daemon=True)
+            t.start()
+            threads.append(t)
+        if not wait:
+            return 0
+        for t in threads:
+            t.join()
+        return sum(acknowledged.values())
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Start nothing more, and wait up to `timeout` for the deliveries under way."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._busy:
+                    return
+            time.sleep(0.05)
+
+    def _deliver_all(self, monitor: str, messages: list[OutboxMessage], acknowledged: dict[str, int]) -> None:
+        try:
+            with self._slots:
+                for msg in messages:
+                    with self._lock:
+                        if self._closed:
+                            return
+                    acknowledged[monitor] = acknowledged.get(monitor, 0) + self._deliver(msg, self._endpoints[monitor])
+        except Exception:
+            log.exception("webhook deliveries of monitor %s failed (they stay in the outbox)", monitor)
+        finally:
+            with self._lock:
+                self._busy.discard(monitor)
 
     def _deliver(self, msg: OutboxMessage, endpoint: Endpoint) -> int:
         timestamp = int(self._clock())
@@ -112,7 +166,8 @@ class Dispatcher:
             return 0
         # the exponent is bounded: 2 ** 1024 no longer converts to a float (an outage of some days)
         delay = min(endpoint.max_backoff, endpoint.initial_backoff * 2 ** min(msg.attempts, 1000))
-        delay *= 0.5 + 0.5 * self._rng.random()  # jitter: spread retries of many monitors
+        with self._lock:
+            delay *= 0.5 + 0.5 * self._rng.random()  # jitter: spread retries of many monitors
         if retry_after is not None:
             delay = max(delay, min(retry_after, endpoint.max_backoff))
         self._store.reschedule(msg.id, str(code) if code is not None else status, now + delay)
