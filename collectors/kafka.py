@@ -48,6 +48,14 @@ class Polled:
                 return partition, r.offset, r.key
         raise IndexError(i)
 
+    def add(self, partition: int, records: list[Any], timestamps: bool) -> None:
+        """Append a partition's records (kafka-python ConsumerRecords, in offset order)."""
+        self.parts.append((partition, len(self.values), records))
+        self.values.extend([r.value for r in records])
+        if timestamps:
+            self.timestamps_ms.extend([r.timestamp if r.timestamp_type != -1 else None for r in records])
+        self.next_offsets[partition] = records[-1].offset + 1
+
 
 def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]) -> dict[str, Any]:
     """kafka-python's KafkaConsumer arguments for these settings (secrets looked up by field)."""
@@ -349,6 +357,51 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self.source._on_assigned(assigned)
 
 
+def check_tls_handshakes(settings: KafkaSettings, conf: dict[str, Any]) -> None:
+    """Raise unless a TLS handshake with the bootstrap servers completes in time."""
+    # The one guard against a TLS handshake that never completes. kafka-python 3.0
+    # bounds the TCP connect but awaits the handshake with no deadline
+    # (kafka/net/transport.py, KafkaSSLTransport.handshake: wait_read without
+    # timeout_at), and the bootstrap in KafkaConsumer() (and KafkaProducer()) awaits that
+    # connection without looking at its own timeout again: a listener that accepts and
+    # never answers blocks it forever, past bootstrap_timeout_ms and max_block_ms. So
+    # each bootstrap server's handshake, verified as kafka-python verifies it, must
+    # complete here within connect_timeout first; if one hangs or none succeeds, this
+    # raises with the TLS error and the caller retries later.
+    import socket
+    import ssl
+
+    from kafka.errors import KafkaConnectionError
+
+    context = ssl.create_default_context(cafile=conf.get("ssl_cafile"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = settings.ssl_check_hostname
+    if "ssl_certfile" in conf:
+        context.load_cert_chain(conf["ssl_certfile"], conf.get("ssl_keyfile"), conf.get("ssl_password"))
+    problems, hung, ok = [], False, 0
+    for server in settings.bootstrap_servers:
+        host, sep, port = server.rpartition(":")
+        host, port = (host.strip("[]"), port) if sep else (server, "9092")
+        try:
+            with socket.create_connection((host, int(port)), timeout=settings.connect_timeout) as sock, \
+                    context.wrap_socket(sock, server_hostname=host):
+                ok += 1
+        except TimeoutError:
+            hung = True
+            problems.append(f"TLS handshake with {server} did not complete within "
+                            f"{settings.connect_timeout:g}s")
+        except ssl.SSLCertVerificationError as exc:
+            problems.append(f"TLS handshake with {server} failed: certificate refused: {exc.verify_message}")
+        except ssl.SSLError as exc:
+            problems.append(f"TLS handshake with {server} failed: {exc.reason or exc}")
+        except (OSError, ValueError) as exc:
+            problems.append(f"cannot connect to {server}: {exc}")
+    if hung or not ok:
+        raise KafkaConnectionError("; ".join(problems))
+    for problem in problems:
+        log.warning("%s", problem)
+
+
 class KafkaSource:
     """Polls records of one topic; tracks what has been accounted for and commits it.
 
@@ -378,47 +431,7 @@ class KafkaSource:
         self.settings = settings
         conf = consumer_config(settings, secret)
         if settings.security_protocol.endswith("SSL"):
-            # The one guard against a TLS handshake that never completes. kafka-python 3.0
-            # bounds the TCP connect but awaits the handshake with no deadline
-            # (kafka/net/transport.py, KafkaSSLTransport.handshake: wait_read without
-            # timeout_at), and the bootstrap in KafkaConsumer() (and KafkaProducer()) awaits that
-            # connection without looking at its own timeout again: a listener that accepts and
-            # never answers blocks it forever, past bootstrap_timeout_ms and max_block_ms. So
-            # each bootstrap server's handshake, verified as kafka-python verifies it, must
-            # complete here within connect_timeout first; if one hangs or none succeeds, this
-            # raises with the TLS error and the caller retries later.
-            import socket
-            import ssl
-
-            from kafka.errors import KafkaConnectionError
-
-            context = ssl.create_default_context(cafile=conf.get("ssl_cafile"))
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.check_hostname = settings.ssl_check_hostname
-            if "ssl_certfile" in conf:
-                context.load_cert_chain(conf["ssl_certfile"], conf.get("ssl_keyfile"), conf.get("ssl_password"))
-            problems, hung, ok = [], False, 0
-            for server in settings.bootstrap_servers:
-                host, sep, port = server.rpartition(":")
-                host, port = (host.strip("[]"), port) if sep else (server, "9092")
-                try:
-                    with socket.create_connection((host, int(port)), timeout=settings.connect_timeout) as sock, \
-                            context.wrap_socket(sock, server_hostname=host):
-                        ok += 1
-                except TimeoutError:
-                    hung = True
-                    problems.append(f"TLS handshake with {server} did not complete within "
-                                    f"{settings.connect_timeout:g}s")
-                except ssl.SSLCertVerificationError as exc:
-                    problems.append(f"TLS handshake with {server} failed: certificate refused: {exc.verify_message}")
-                except ssl.SSLError as exc:
-                    problems.append(f"TLS handshake with {server} failed: {exc.reason or exc}")
-                except (OSError, ValueError) as exc:
-                    problems.append(f"cannot connect to {server}: {exc}")
-            if hung or not ok:
-                raise KafkaConnectionError("; ".join(problems))
-            for problem in problems:
-                log.warning("%s", problem)
+            check_tls_handshakes(settings, conf)
         self._consumer = KafkaConsumer(**conf)
         self._consumer.subscribe([settings.topic], listener=_Listener(self))
         self._owner = owner
@@ -586,13 +599,8 @@ class KafkaSource:
                     self._consumer.seek(tp, records[0].offset)
             return out
         for tp, records in batches.items():
-            if not records or tp.partition not in self._assigned:
-                continue
-            out.parts.append((tp.partition, len(out.values), records))
-            out.values.extend([r.value for r in records])
-            if timestamps:
-                out.timestamps_ms.extend([r.timestamp if r.timestamp_type != -1 else None for r in records])
-            out.next_offsets[tp.partition] = records[-1].offset + 1
+            if records and tp.partition in self._assigned:
+                out.add(tp.partition, records, timestamps)
         if out.values:
             self._last_records = self._last_poll_ok
         return out
@@ -750,3 +758,75 @@ class KafkaSource:
             self._consumer.close(autocommit=False, timeout_ms=int(max(0.5, deadline - time.monotonic()) * 1000))
         except Exception as exc:
             log.debug("closing the consumer: %s", exc)
+
+
+class RangeReader(threading.Thread):
+    """Reads offset ranges [from, to) of a topic's partitions with a consumer of its own,
+    outside the consumer group (it commits nothing): after a restart, the records behind the
+    group's position that rebuild the horizon windows (service/window.py, `side_reads`),
+    read while the group's consumer goes on. `deliver` gets each poll's records and returns
+    False once they are no longer wanted; `done` is called per partition read to its end.
+    Broker trouble is retried from where it stopped."""
+
+    def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
+                 ranges: dict[int, tuple[int, int]], deliver: Callable[[Polled], bool],
+                 done: Callable[[int], None], timestamps: bool, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._settings, self._secret = settings, secret
+        self._remaining = dict(ranges)
+        self._deliver, self._done, self._timestamps = deliver, done, timestamps
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while self._remaining and not self._stop_event.is_set():
+            try:
+                consumer = self._connect()
+            except Exception as exc:
+                log.warning("%s: cannot reach Kafka yet (%s); retrying", self.name, exc)
+                self._stop_event.wait(2.0)
+                continue
+            try:
+                self._read(consumer)
+            except KafkaError as exc:
+                log.warning("%s: reading failed (%s); reading on from offsets %s", self.name, exc,
+                            {p: lo for p, (lo, _) in self._remaining.items()})
+                self._stop_event.wait(1.0)
+            finally:
+                consumer.close()
+
+    def _connect(self) -> KafkaConsumer:
+        conf = consumer_config(self._settings, self._secret)
+        conf.update(group_id=None, group_instance_id=None, client_id=f"{self._settings.client_id}-rebuild",
+                    auto_offset_reset="earliest")  # a start deleted by retention: what is left
+        if self._settings.security_protocol.endswith("SSL"):
+            check_tls_handshakes(self._settings, conf)
+        consumer = KafkaConsumer(**conf)
+        consumer.assign([TopicPartition(self._settings.topic, p) for p in self._remaining])
+        for p, (lo, _) in self._remaining.items():
+            consumer.seek(TopicPartition(self._settings.topic, p), lo)
+        return consumer
+
+    def _read(self, consumer: KafkaConsumer) -> None:
+        while self._remaining and not self._stop_event.is_set():
+            batches = consumer.poll(timeout_ms=500)
+            out = Polled()
+            for tp, records in batches.items():
+                if tp.partition not in self._remaining:
+                    continue
+                lo, hi = self._remaining[tp.partition]
+                records = [r for r in records if lo <= r.offset < hi]
+                if records:
+                    out.add(tp.partition, records, self._timestamps)
+                    self._remaining[tp.partition] = (records[-1].offset + 1, hi)
+            if out.values and not self._deliver(out):
+                self._stop_event.set()
+                return
+            for p, (_, hi) in list(self._remaining.items()):
+                tp = TopicPartition(self._settings.topic, p)
+                if consumer.position(tp) >= hi:  # (past gaps too: compacted or control records)
+                    consumer.pause(tp)
+                    del self._remaining[p]
+                    self._done(p)

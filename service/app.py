@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from driftline.collectors.kafka import DeadLetters, KafkaSource
+from driftline.collectors.kafka import DeadLetters, KafkaSource, RangeReader
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from .config import Secrets, Settings, decode_webhook_secret
@@ -32,6 +32,8 @@ class ConsumerLoop(threading.Thread):
         self._stop_event = threading.Event()
         self.source: KafkaSource | None = None
         self.dead_letters: DeadLetters | None = None
+        # second readers rebuilding horizon windows after a restart: (generation, partitions)
+        self._side_readers: dict[tuple[int, frozenset[int]], RangeReader] = {}
         monitor.source_ready = self.ready
         monitor.source_lag = self.lag
         if metrics is not None and monitor.settings.kafka.dead_letter_topic:
@@ -91,17 +93,50 @@ class ConsumerLoop(threading.Thread):
                     source.refresh_lag()
                     if self.monitor.windows.replaying:
                         self.monitor.windows.caught_up(source.positions())
+                    self._read_aside(secret)
                     last_lag = time.monotonic()
                 source.maybe_commit()
         except Exception:
             log.exception("monitor %s: consumer loop failed", self.monitor.name)
             raise
         finally:
+            for reader in self._side_readers.values():
+                reader.stop()
             source.close(timeout=5.0)
             if dead is not None:
                 dead.close(timeout=1.0)
             log.info("monitor %s: consumer stopped, %d records consumed, committed offsets %s", self.monitor.name,
                      self.monitor.consumed_total(), dict(sorted(source.committed.items())))
+
+    def _read_aside(self, secret: Callable[[str], str | None]) -> None:
+        """Start a second reader for the ranges the windows want read again (horizon windows
+        after a restart); stop those of an assignment that is over."""
+        wanted: dict[int, dict[int, tuple[int, int]]] = {}
+        for p, (lo, hi, generation) in self.monitor.windows.side_reads().items():
+            wanted.setdefault(generation, {})[p] = (lo, hi)
+        for key, reader in list(self._side_readers.items()):
+            if key[0] not in wanted or not reader.is_alive():
+                reader.stop()
+                del self._side_readers[key]
+        for generation, ranges in wanted.items():
+            covered = set().union(*(parts for (g, parts) in self._side_readers if g == generation))
+            todo = {p: r for p, r in ranges.items() if p not in covered}
+            if not todo:
+                continue
+            name = self.monitor.name
+            log.info("monitor %s: rebuilding the open horizon windows: reading partitions' offsets %s again "
+                     "beside the consumer", name, {p: f"{lo}..{hi}" for p, (lo, hi) in sorted(todo.items())})
+            reader = RangeReader(
+                self.monitor.settings.kafka, secret, todo,
+                lambda polled, g=generation: self.monitor.add_side(polled, g),
+                lambda p, g=generation: self._aside_done(p, g),
+                self.monitor.needs_record_timestamps, f"rebuild-{name}-{generation}")
+            self._side_readers[(generation, frozenset(todo))] = reader
+            reader.start()
+
+    def _aside_done(self, partition: int, generation: int) -> None:
+        self.monitor.windows.side_done(partition, generation)
+        log.info("monitor %s: partition %d read again for the horizon windows", self.monitor.name, partition)
 
     def _dead_letters(self, secret: Callable[[str], str | None]) -> DeadLetters | None:
         settings = self.monitor.settings.kafka

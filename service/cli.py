@@ -61,6 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.service.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR if settings.service.log_level != "DEBUG" else logging.INFO)
+    logging.getLogger("kafka.cluster").addFilter(_not_a_cancelled_refresh)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         service = Service(settings, secrets)
@@ -168,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ev.set_defaults(func=_cmd_evaluate)
     return p
+
+
+def _not_a_cancelled_refresh(record: logging.LogRecord) -> bool:
+    """kafka-python 3.0 logs a metadata refresh that closing a consumer cancels as an ERROR
+    (kafka/cluster.py, _do_refresh_metadata): seen whenever a short-lived consumer (the
+    horizon rebuild's, collectors/kafka.py RangeReader) closes. Nothing failed: drop it."""
+    from kafka.errors import Cancelled
+
+    return not (record.msg == "Metadata refresh: failed %s" and isinstance(record.args, tuple)
+                and len(record.args) == 1 and isinstance(record.args[0], Cancelled))
 
 
 def main(argv: list[str] | None = None) -> int:

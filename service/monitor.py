@@ -107,6 +107,7 @@ class Monitor:
         pred = settings.event.prediction
         self._prediction_kind = self._reference.columns[pred.column].kind if pred else None
         self.decoder = EventDecoder(settings.event, kinds, self._prediction_kind)
+        self._side_decoder = EventDecoder(settings.event, kinds, self._prediction_kind)  # (its own thread)
         self.windows = TumblingWindows(
             kind=settings.window.type, size=settings.window.size, allowed_lateness=settings.window.allowed_lateness,
             kinds=tuple(kinds[n] for n in self.feature_names), prediction_kind=self._prediction_kind, clock=clock,
@@ -196,11 +197,7 @@ class Monitor:
         `polled.values`, reason, detail), in record order. Records that replay what a
         checkpoint had accounted for rebuild open windows and are not counted again."""
         n = len(polled.values)
-        partitions = np.empty(n, dtype=np.int64)
-        offsets = np.empty(n, dtype=np.int64)
-        for partition, start, records in polled.parts:
-            partitions[start:start + len(records)] = partition
-            offsets[start:start + len(records)] = [r.offset for r in records]
+        partitions, offsets = _origins(polled)
         if not self.windows.replaying:
             return self.consume_batch(polled.values, polled.timestamps_ms or None,
                                       Origin(partitions, offsets, polled.next_offsets))
@@ -210,7 +207,7 @@ class Monitor:
             mark = self.windows.mark(partition)
             if mark is not None:
                 part = slice(start, start + len(records))
-                skip[part] = offsets[part] < mark.read_from
+                skip[part] = offsets[part] < mark.replay_from
                 replay[part] = ~skip[part] & (offsets[part] < mark.position)
 
         def pick(idx: np.ndarray) -> tuple[list[bytes | None], list[int | None] | None]:
@@ -228,6 +225,14 @@ class Monitor:
         values, ts = pick(fresh)
         rejected = self.consume_batch(values, ts, Origin(partitions[fresh], offsets[fresh], polled.next_offsets))
         return [(int(fresh[i]), reason, detail) for i, reason, detail in rejected]
+
+    def add_side(self, polled: Polled, generation: int) -> bool:
+        """Records a second reader read again after a restart, for the horizon windows
+        (`TumblingWindows.side_reads`); counted before, so not counted again. False once
+        they are no longer wanted."""
+        partitions, offsets = _origins(polled)
+        batch = self._side_decoder.decode_batch(polled.values, polled.timestamps_ms or None, self._clock())
+        return self.windows.add_side(batch, Origin(*self._valid(batch, partitions, offsets), {}), generation)
 
     @staticmethod
     def _valid(batch: Any, partitions: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +443,17 @@ class Monitor:
             self._reference = new
             log.info("monitor %s: reference reloaded, now %s", self.name, new.content_hash)
         return changed, new.content_hash
+
+
+def _origins(polled: Polled) -> tuple[np.ndarray, np.ndarray]:
+    """Per record of a poll, its partition and offset."""
+    n = len(polled.values)
+    partitions = np.empty(n, dtype=np.int64)
+    offsets = np.empty(n, dtype=np.int64)
+    for partition, start, records in polled.parts:
+        partitions[start:start + len(records)] = partition
+        offsets[start:start + len(records)] = [r.offset for r in records]
+    return partitions, offsets
 
 
 def _parse_mark(offset: int | None, metadata: str) -> tuple[str, PartitionMark] | None:

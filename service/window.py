@@ -295,20 +295,16 @@ class PartitionMark:
     evaluated by that reader (None: none).
 
     `horizons_from` (this process's own checkpoint only, never in commit metadata): where
-    the closed buckets of the horizons' open windows begin. After a restart, the records
-    from there are read again to rebuild those horizon windows too (see
-    `TumblingWindows.restore`); `replay_from`, the committed offset, does not move for it.
+    the closed buckets of the horizons' open windows begin. After a restart, a second
+    reader reads the records from there to `replay_from` again, to rebuild those horizon
+    windows too (see `TumblingWindows.restore`, `side_reads`); the committed offset does not
+    move for it.
     """
 
     replay_from: int
     position: int
     closed: int | None = None
     horizons_from: int | None = None
-
-    @property
-    def read_from(self) -> int:
-        """Where reading starts: records before are skipped."""
-        return self.replay_from if self.horizons_from is None else min(self.replay_from, self.horizons_from)
 
     def to_json(self) -> dict[str, int | None]:
         d = {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
@@ -371,6 +367,12 @@ class TumblingWindows:
         self._close_steps: list[tuple[int, dict[int, int]]] = []
         self._horizons_restored = False  # restored empty, rebuilt by reading again
         self._rebuild: set[int] = set()  # partitions whose part of them is being read again
+        # partition -> the offsets [from, to) before its replay_from that a second reader
+        # reads to rebuild the horizon windows (`side_reads`), so that the buckets need not
+        # wait for it; the horizon windows that close meanwhile are held back until it is done
+        self._side: dict[int, tuple[int, int, int]] = {}
+        self._side_generation = 0  # one per assignment: the second readers of another stop
+        self._held: list[tuple[float, WindowProfile]] = []
         self._shares_due: list[tuple[float, WindowProfile]] = []  # horizon shares of lanes merged
 
     def _new(self, start: float, end: float) -> WindowProfile:
@@ -394,7 +396,8 @@ class TumblingWindows:
                     mark = self._marks.get(p)
                     if mark is not None and nxt >= mark.position:
                         del self._marks[p]  # caught up: what follows is new
-                        self._rebuild.discard(p)
+                        if p not in self._side:
+                            self._rebuild.discard(p)
                         self._resume_watermark()
             return late
 
@@ -486,9 +489,7 @@ class TumblingWindows:
             mine = rows & (origin.partitions == p)
             before[mine] = at_close[step[mine]]
         rows &= origin.offsets < before  # read before its bucket closed: it was in the bucket
-        for horizon, acc in self._horizons.items():
-            if acc is None:
-                continue
+        for horizon, acc in [*((h, acc) for h, acc in self._horizons.items() if acc is not None), *self._held]:
             mine = rows & (np.floor(index * self.size / horizon + 1e-9) == round(acc.start / horizon))
             if mine.any():
                 acc.add_batch(batch.select(mine))
@@ -536,7 +537,8 @@ class TumblingWindows:
         with self._lock:
             if self._marks or self._paused:
                 return [], self._checkpoint()
-            self._horizons_restored = False  # every partition read again: rebuilt
+            if not self._side:
+                self._horizons_restored = False  # every partition read again: rebuilt
             mark = -math.inf
             if self.kind == "time":
                 mark = self.watermark() - self.lateness
@@ -549,15 +551,19 @@ class TumblingWindows:
                         p: pos for p, pos in self._positions.items() if p not in self._lanes}))
             buckets, self._closed = self._closed, []
             out: list[tuple[float, WindowProfile]] = []
+            horizons: list[tuple[float, WindowProfile]] = []
             for bucket in buckets:
                 out.append((self.size, bucket))
                 for horizon in self._horizons:
-                    out.extend((horizon, w) for w in self._roll(self._horizons, horizon, bucket))
+                    horizons.extend((horizon, w) for w in self._roll(self._horizons, horizon, bucket))
             for horizon, acc in self._horizons.items():
                 if acc is not None and acc.end <= mark:
-                    if acc.events:  # (a window restored empty that nothing was read again into)
-                        out.append((horizon, acc))
+                    horizons.append((horizon, acc))
                     self._horizons[horizon] = None
+            self._held.extend(horizons)
+            if not self._side:  # (a window restored empty that nothing was read again into: dropped)
+                out.extend((h, w) for h, w in self._held if w.events)
+                self._held.clear()
             self._prune_close_steps()
             out.extend(self._close_lanes())
             out.extend(self._shares_due)
@@ -592,7 +598,8 @@ class TumblingWindows:
 
     def _prune_close_steps(self) -> None:
         """Keep the steps that closed buckets of the open horizon windows."""
-        firsts = [round(acc.start / self.size) for acc in self._horizons.values() if acc is not None]
+        held = [w for _, w in self._held]
+        firsts = [round(acc.start / self.size) for acc in [*self._horizons.values(), *held] if acc is not None]
         oldest = min(firsts, default=math.inf)
         self._close_steps = [s for s in self._close_steps if s[0] >= oldest]
 
@@ -641,6 +648,8 @@ class TumblingWindows:
             in_horizons = [acc.first_offsets[p] for acc in horizons if p in acc.first_offsets]
             if mark is not None and mark.horizons_from is not None and p in self._rebuild:
                 in_horizons.append(mark.horizons_from)
+            if p in self._side:
+                in_horizons.append(self._side[p][0])
             floor = self._closed_floor.get(p, -math.inf)
             if p in self._lanes:
                 part_closed = None if floor == -math.inf else int(floor)
@@ -674,9 +683,11 @@ class TumblingWindows:
                 self._max_event_time = float(state["max_event_time"])
                 self._wall_at_max_event = self._clock()
             # Open horizon windows come back empty, and are rebuilt from Kafka like the open
-            # buckets: each partition is read again from its mark's horizons_from (`adopt`),
-            # and the records that were in their closed buckets go into them again
-            # (`_rebuild_horizons`). Until the partitions are assigned, nothing closes.
+            # buckets: each partition's records from its mark's horizons_from to its
+            # replay_from are read by a second reader (`side_reads`), those from replay_from
+            # on by the consumer, and the records that were in the closed buckets go into
+            # them again (`_rebuild_horizons`). Until the partitions are assigned, nothing
+            # closes; until the second reader is done, no horizon window closes.
             periods = state.get("horizons") or {}
             for h in self._horizons:
                 period = periods.get(repr(h))
@@ -715,16 +726,55 @@ class TumblingWindows:
                     if self.kind == "time":
                         self._floor_from_first.add(partition)
                 return start
+            self._side.pop(partition, None)
             if not self._horizons_restored and mark.horizons_from is not None:
                 mark = replace(mark, horizons_from=None)
-            self._positions[partition] = mark.read_from
+            if mark.horizons_from is not None and mark.horizons_from < mark.replay_from:
+                self._side[partition] = (mark.horizons_from, mark.replay_from, self._side_generation)
+                self._rebuild.add(partition)
+            self._positions[partition] = mark.replay_from
             self._closed_floor[partition] = -math.inf if mark.closed is None else mark.closed
             self._lane_if_behind(partition)
             if mark.position > self._positions[partition]:
                 self._marks[partition] = mark
                 if mark.horizons_from is not None:
                     self._rebuild.add(partition)
-            return mark.read_from
+            return mark.replay_from
+
+    def side_reads(self) -> dict[int, tuple[int, int, int]]:
+        """Partition -> (from, to, generation): the offsets [from, to) that a second reader,
+        outside the consumer group, reads and hands to `add_side` (then `side_done`), to
+        rebuild the horizon windows restored after a restart. The buckets do not wait for it;
+        horizon windows do not close before it is done."""
+        with self._lock:
+            return dict(self._side)
+
+    def add_side(self, batch: DecodedBatch, origin: Origin, generation: int) -> bool:
+        """Records a second reader read for `side_reads` of that generation; False once the
+        reading is no longer wanted (the partitions moved, or it was done)."""
+        with self._lock:
+            wanted = {p: r for p, r in self._side.items() if r[2] == generation}
+            if not wanted:
+                return False
+            if batch.size and self.kind == "time":
+                index = np.floor(batch.event_time / self.size).astype(np.int64)
+                parts, offs = origin.partitions.tolist(), origin.offsets.tolist()
+                floors = np.array([max(self._closed_floor.get(p, -math.inf), self._last_closed_index) for p in parts])
+                inside = np.array([p in wanted and wanted[p][0] <= o < wanted[p][1] for p, o in zip(parts, offs,
+                                                                                                   strict=True)])
+                rows = inside & (index <= floors)
+                if rows.any():
+                    self._rebuild_horizons(batch, index, origin, rows)
+            return True
+
+    def side_done(self, partition: int, generation: int) -> None:
+        """The second reader has read the partition's range up to its end."""
+        with self._lock:
+            got = self._side.get(partition)
+            if got is not None and got[2] == generation:
+                del self._side[partition]
+                if partition not in self._marks:
+                    self._rebuild.discard(partition)
 
     def mark(self, partition: int) -> PartitionMark | None:
         with self._lock:
@@ -745,7 +795,8 @@ class TumblingWindows:
             mark = self._marks.get(partition)
             if mark is not None and (pos is None or pos >= mark.position):
                 del self._marks[partition]
-                self._rebuild.discard(partition)
+                if partition not in self._side:
+                    self._rebuild.discard(partition)
             return pos  # (a replay cut short by the revocation goes on from there)
 
     def release(self) -> None:
@@ -763,11 +814,15 @@ class TumblingWindows:
                 self._shares_due.extend((h, acc) for h, acc in lane.horizons.items() if acc is not None)
             self._lanes.clear()
             self._rebuild.clear()
+            self._side.clear()
+            self._side_generation += 1  # the readers of those ranges stop
             if self._horizons_restored:
                 # restored horizon windows not rebuilt yet: emptied, rebuilt by whoever reads
-                # the partitions this process gets now (a moved partition's part is lost)
+                # the partitions this process gets now (a moved partition's part is lost, and
+                # so are those of a period that ended meanwhile)
                 self._horizons = {h: acc if acc is None else self._new(acc.start, acc.end)
                                   for h, acc in self._horizons.items()}
+                self._held.clear()
 
     def caught_up(self, positions: dict[int, int]) -> None:
         """The consumer's fetch positions: a partition whose position reached its mark's
@@ -777,7 +832,8 @@ class TumblingWindows:
                 mark = self._marks.get(p)
                 if mark is not None and pos >= mark.position:
                     del self._marks[p]
-                    self._rebuild.discard(p)
+                    if p not in self._side:
+                        self._rebuild.discard(p)
                     self._positions[p] = max(self._positions.get(p, pos), pos)
                     self._resume_watermark()
 
@@ -791,6 +847,8 @@ class TumblingWindows:
             self._closed_floor.clear()
             self._floor_from_first.clear()
             self._rebuild.clear()
+            self._side.clear()
+            self._side_generation += 1
             self._close_steps.clear()
             for w in (*self._open.values(), *(acc for acc in self._horizons.values() if acc is not None)):
                 w.first_offsets.clear()
@@ -806,8 +864,7 @@ class TumblingWindows:
         acc = accs[horizon]
         period = math.floor(bucket.start / horizon + 1e-9)
         if acc is not None and acc.start != period * horizon:
-            if acc.events:
-                closed.append(acc)
+            closed.append(acc)  # (dropped later if empty: see close_and_checkpoint)
             acc = None
         if acc is None:
             acc = self._new(period * horizon, (period + 1) * horizon)

@@ -190,3 +190,18 @@ def test_the_example_configuration_shows_every_field() -> None:
     assert len(fields) > 60
     missing = sorted(f"{m}.{name}" for m, name in fields if not re.search(rf"\b{name}\b", text))
     assert not missing, missing
+
+
+def test_only_a_cancelled_metadata_refresh_is_kept_out_of_the_log() -> None:
+    """Closing a consumer cancels its metadata refresh, which kafka-python logs as an ERROR:
+    dropped; a refresh that really failed still reaches the log."""
+    import logging
+
+    from driftline.service.cli import _not_a_cancelled_refresh
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    def record(exc: Exception) -> logging.LogRecord:
+        return logging.LogRecord("kafka.cluster", logging.ERROR, "", 0, "Metadata refresh: failed %s", (exc,), None)
+
+    assert not _not_a_cancelled_refresh(record(Cancelled()))
+    assert _not_a_cancelled_refresh(record(KafkaConnectionError("refused")))
