@@ -329,7 +329,10 @@ class TumblingWindows:
     `PartitionMark`) plus the window markers, all taken under the lock, so one consistent
     cut. It holds positions and counters only: open windows are rebuilt after a restart or
     a rebalance by reading their events from Kafka again (`adopt` a partition's mark, then
-    feed its records with `Origin.replay` while they are below the mark's position).
+    feed its records with `Origin.replay` while they are below the mark's position). The
+    horizon windows still open are rebuilt after a restart too: their closed buckets' records,
+    before the buckets' replay_from, by a second reader (`side_reads`, `add_side`), and the
+    positions at each closing step tell which records were in them and which came late.
     """
 
     def __init__(self, *, kind: str, size: float, allowed_lateness: float, kinds: tuple[ColumnKind, ...],
