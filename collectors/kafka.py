@@ -794,6 +794,12 @@ class RangeReader(threading.Thread):
                 log.warning("%s: reading failed (%s); reading on from offsets %s", self.name, exc,
                             {p: lo for p, (lo, _) in self._remaining.items()})
                 self._stop_event.wait(1.0)
+            except Exception:  # a bug: give up rather than hold what waits for it forever
+                log.exception("%s: given up; partitions %s are left out of what it rebuilds", self.name,
+                              sorted(self._remaining))
+                for p in list(self._remaining):
+                    del self._remaining[p]
+                    self._done(p)
             finally:
                 consumer.close()
 

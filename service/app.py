@@ -115,7 +115,7 @@ class ConsumerLoop(threading.Thread):
         for p, (lo, hi, generation) in self.monitor.windows.side_reads().items():
             wanted.setdefault(generation, {})[p] = (lo, hi)
         for key, reader in list(self._side_readers.items()):
-            if key[0] not in wanted or not reader.is_alive():
+            if key[0] not in wanted:  # (a reader is never started twice for a range: it would add twice)
                 reader.stop()
                 del self._side_readers[key]
         for generation, ranges in wanted.items():

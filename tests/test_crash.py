@@ -12,6 +12,9 @@
   it hands back were closed by the first already, which evaluates their share of them
   (a lane, see service/window.py); per window, the events of both equal a single run's.
 
+- The horizon rebuild's second reader (a consumer outside the group) reads exactly the
+  offset ranges it is given, and gives its partitions up instead of hanging on a failure.
+
 Each run writes its window results to its own state file; the test reads them there.
 """
 
@@ -243,3 +246,41 @@ def test_a_second_process_joining_then_leaving_counts_every_event_once(
         assert per_window == {T0 + w * WINDOW_S: 1000 for w in range(WINDOWS)}
         shares = [r for r in results(a.workdir / "state.sqlite") if r["partitions"] is not None]
         print(f"the first process evaluated {len(shares)} shares of windows handed back")
+
+
+def test_the_second_reader_reads_exactly_its_ranges_and_gives_up_cleanly(broker) -> None:
+    """The horizon rebuild's RangeReader (a consumer outside the group) hands over exactly the
+    records of [from, to) per partition, says when each is done, and ends; one whose
+    receiver fails gives its partitions up (done) instead of leaving them waiting."""
+    from driftline.collectors.kafka import Polled, RangeReader
+    from driftline.service.config import KafkaSettings
+
+    from tests.helpers import produce
+
+    topic = f"ranges-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic, partitions=2)
+    for p in (0, 1):
+        produce(broker.bootstrap, topic, [f"{p}-{i}".encode() for i in range(100)], partition=p)
+    settings = KafkaSettings(bootstrap_servers=[broker.bootstrap], topic=topic, group_id="unused")
+
+    got: list[tuple[int, int, bytes | None]] = []
+    done: list[int] = []
+
+    def deliver(polled: Polled) -> bool:
+        got.extend((*polled.origin(i)[:2], polled.values[i]) for i in range(len(polled)))
+        return True
+
+    reader = RangeReader(settings, lambda _: None, {0: (10, 30), 1: (99, 100)}, deliver, done.append, False, "t")
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive() and sorted(done) == [0, 1]
+    assert sorted(got) == [(0, o, f"0-{o}".encode()) for o in range(10, 30)] + [(1, 99, b"1-99")]
+
+    def broken(polled: Polled) -> bool:
+        raise RuntimeError("a bug")
+
+    done.clear()
+    reader = RangeReader(settings, lambda _: None, {0: (0, 100), 1: (0, 100)}, broken, done.append, False, "t")
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive() and sorted(done) == [0, 1]
