@@ -398,9 +398,7 @@ class TumblingWindows:
                         self._positions[p] = nxt
                     mark = self._marks.get(p)
                     if mark is not None and nxt >= mark.position:
-                        del self._marks[p]  # caught up: what follows is new
-                        if p not in self._side:
-                            self._rebuild.discard(p)
+                        self._replayed(p)  # caught up: what follows is new
                         self._resume_watermark()
             return late
 
@@ -744,6 +742,12 @@ class TumblingWindows:
                     self._rebuild.add(partition)
             return mark.replay_from
 
+    def _replayed(self, partition: int) -> None:
+        """The partition has been read up to its mark's position (caller holds the lock)."""
+        del self._marks[partition]
+        if partition not in self._side:
+            self._rebuild.discard(partition)
+
     def side_reads(self) -> dict[int, tuple[int, int, int]]:
         """Partition -> (from, to, generation): the offsets [from, to) that a second reader,
         outside the consumer group, reads and hands to `add_side` (then `side_done`), to
@@ -761,10 +765,12 @@ class TumblingWindows:
                 return False
             if batch.size and self.kind == "time":
                 index = np.floor(batch.event_time / self.size).astype(np.int64)
-                parts, offs = origin.partitions.tolist(), origin.offsets.tolist()
-                floors = np.array([max(self._closed_floor.get(p, -math.inf), self._last_closed_index) for p in parts])
-                inside = np.array([p in wanted and wanted[p][0] <= o < wanted[p][1] for p, o in zip(parts, offs,
-                                                                                                   strict=True)])
+                inside = np.zeros(batch.size, dtype=bool)
+                floors = np.full(batch.size, self._last_closed_index)
+                for p, (lo, hi, _) in wanted.items():
+                    mine = origin.partitions == p
+                    inside |= mine & (origin.offsets >= lo) & (origin.offsets < hi)
+                    floors[mine] = max(self._closed_floor.get(p, -math.inf), self._last_closed_index)
                 rows = inside & (index <= floors)
                 if rows.any():
                     self._rebuild_horizons(batch, index, origin, rows)
@@ -797,9 +803,7 @@ class TumblingWindows:
             pos = self._positions.get(partition)
             mark = self._marks.get(partition)
             if mark is not None and (pos is None or pos >= mark.position):
-                del self._marks[partition]
-                if partition not in self._side:
-                    self._rebuild.discard(partition)
+                self._replayed(partition)
             return pos  # (a replay cut short by the revocation goes on from there)
 
     def release(self) -> None:
@@ -834,9 +838,7 @@ class TumblingWindows:
             for p, pos in positions.items():
                 mark = self._marks.get(p)
                 if mark is not None and pos >= mark.position:
-                    del self._marks[p]
-                    if p not in self._side:
-                        self._rebuild.discard(p)
+                    self._replayed(p)
                     self._positions[p] = max(self._positions.get(p, pos), pos)
                     self._resume_watermark()
 
