@@ -11,7 +11,8 @@ windows closed since the previous checkpoint, in one SQLite transaction. After a
 or a rebalance the reader of a partition starts at `replay_from` and re-adds the events
 of windows still open, skipping those already evaluated and counting none twice. The
 same marks travel in the committed offset's metadata, so a partition moving to another
-process (a rebalance) carries them along.
+process (a rebalance) carries them along; once the broker is seen to keep that metadata,
+so does the partition's part of the open horizon windows (`PartitionMark.handover`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class Monitor:
         # is revoked: used if it comes back and nobody has committed it since)
         self._known_marks: dict[int, PartitionMark] = {}
         self._parked: set[int] | None = None  # partitions held when last revoked
+        self._metadata_kept = False  # seen a driftline mark come back from the broker
+        self._too_large: set[int] = set()  # partitions whose handover did not fit (logged once)
         if store is not None:
             saved = store.load_checkpoint(self.name)
             if saved is not None and saved.get("topic") == settings.kafka.topic:
@@ -283,7 +286,7 @@ class Monitor:
             got = committed.get(p)
             if got is None:
                 return False
-            theirs = _parse_mark(got[0], got[1])
+            theirs = PartitionMark.from_metadata(got[0], got[1])
             if theirs is not None:
                 return theirs[0] != own
             # No metadata (e.g. Tansu): by offset. This process commits only from checkpoints
@@ -304,7 +307,7 @@ class Monitor:
                     starts[p] = pos
                 continue
             offset, meta = (got if got is not None else (None, ""))
-            theirs = _parse_mark(offset, meta)
+            theirs = PartitionMark.from_metadata(offset, meta)
             if others(p):
                 mark = theirs[1] if theirs is not None else None
                 self._known_marks.pop(p, None)  # this process's own mark of it is stale now
@@ -316,6 +319,13 @@ class Monitor:
             log.info("monitor %s: partition %d from offset %s%s", self.name, p, start,
                      f", replaying to {mark.position} (windows up to #{mark.closed} closed)"
                      if mark is not None and start is not None and mark.position > start else "")
+        if not self._metadata_kept and any(
+                got is not None and PartitionMark.from_metadata(*got) is not None for got in committed.values()):
+            # (only now: the partitions just released were committed without it)
+            self._metadata_kept = True
+            self.windows.hand_over_horizons()
+            log.info("monitor %s: the broker keeps commit metadata: each partition's part of the horizon "
+                     "windows goes with it to its next reader", self.name)
         return starts
 
     def release(self) -> dict[int, tuple[int, str]]:
@@ -346,9 +356,17 @@ class Monitor:
         if saved is None:
             return {}
         own = self._store.store_id if self._store is not None else ""
-        return {int(p): (m["replay_from"], json.dumps({"driftline": 1, "store": own, "position": m["position"],
-                                                       "closed": m["closed"]}, separators=(",", ":")))
-                for p, m in saved.get("partitions", {}).items()}
+        out = {}
+        for p, m in saved.get("partitions", {}).items():
+            mark = PartitionMark.from_json(m)
+            metadata, whole = mark.to_metadata(own)
+            if not whole and int(p) not in self._too_large:
+                self._too_large.add(int(p))
+                log.warning("monitor %s: partition %s: its part of the horizon windows is too large for the "
+                            "commit metadata (%d late buckets): lost if the partition moves", self.name, p,
+                            len(mark.late))
+            out[int(p)] = (mark.replay_from, metadata)
+        return out
 
     def _save(self, state: dict[str, Any], results: list[WindowResult]) -> None:
         """Caller holds _checkpoint_lock."""
@@ -454,20 +472,6 @@ def _origins(polled: Polled) -> tuple[np.ndarray, np.ndarray]:
         partitions[start:start + len(records)] = partition
         offsets[start:start + len(records)] = [r.offset for r in records]
     return partitions, offsets
-
-
-def _parse_mark(offset: int | None, metadata: str) -> tuple[str, PartitionMark] | None:
-    """(store id, mark) from a committed offset's metadata, if driftline wrote it."""
-    if offset is None or not metadata.startswith("{"):
-        return None
-    try:
-        d = json.loads(metadata)
-        if d.get("driftline") != 1:
-            return None
-        closed = d.get("closed")
-        return str(d["store"]), PartitionMark(offset, int(d["position"]), None if closed is None else int(closed))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _fmt(t: float) -> str:

@@ -22,6 +22,7 @@ of arriving late.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from array import array
@@ -237,15 +238,18 @@ def one_event(kinds: tuple[ColumnKind, ...], prediction_kind: ColumnKind | None,
 
 
 def _note_first_offsets(w: WindowProfile, origin: Origin | None, rows: np.ndarray) -> None:
-    """Record, per partition, the first offset this window holds (rows: mask or indices)."""
+    """Record, per partition, the lowest offset this window holds (rows: mask or indices);
+    a second reader adds records before those read first."""
     if origin is None or origin.partitions.size == 0:
         return
     parts, offs = origin.partitions[rows], origin.offsets[rows]
     if parts.size == 0:
         return
-    uniq, first = np.unique(parts, return_index=True)
-    for p, j in zip(uniq.tolist(), first.tolist(), strict=True):
-        w.first_offsets.setdefault(p, int(offs[j]))
+    order = np.lexsort((offs, parts))  # by partition, then offset: each partition's lowest first
+    uniq, first = np.unique(parts[order], return_index=True)
+    for p, o in zip(uniq.tolist(), offs[order][first].tolist(), strict=True):
+        if o < w.first_offsets.get(p, o + 1):
+            w.first_offsets[p] = o
 
 
 def _fold_rare(counts: Counter[str]) -> None:
@@ -294,29 +298,77 @@ class PartitionMark:
     skipped, and none is counted again. Time windows up to index `closed` were closed and
     evaluated by that reader (None: none).
 
-    `horizons_from` (this process's own checkpoint only, never in commit metadata): where
-    the closed buckets of the horizons' open windows begin. After a restart, a second
-    reader reads the records from there to `replay_from` again, to rebuild those horizon
-    windows too (see `TumblingWindows.restore`, `side_reads`); the committed offset does not
-    move for it.
+    The horizon windows still open have the partition's closed buckets in them: their part
+    is rebuilt from Kafka too, by a second reader, without moving the committed offset
+    (see `TumblingWindows.side_reads`). `horizons_from`: where those buckets' records begin;
+    `periods`: (horizon, period index) of those windows; `late`: per closed bucket of them,
+    the offset of the partition's first record that came after the bucket had closed (it and
+    the bucket's records after it are not in the horizon window). `handover`: the reader gave
+    its part of the horizon windows up when the partition left it, so whoever reads the
+    partition next rebuilds it; without, the part stays with that reader and the horizon
+    fields are for its own restart only (`for_commit` leaves them out).
     """
 
     replay_from: int
     position: int
     closed: int | None = None
     horizons_from: int | None = None
+    periods: tuple[tuple[float, int], ...] = ()
+    late: tuple[tuple[int, int], ...] = ()
+    handover: bool = False
 
-    def to_json(self) -> dict[str, int | None]:
-        d = {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
         if self.horizons_from is not None:
             d["horizons_from"] = self.horizons_from
+            d["periods"] = [[h, period] for h, period in self.periods]
+            if self.late:
+                d["late"] = [[bucket, offset] for bucket, offset in self.late]
+            if self.handover:
+                d["handover"] = True
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartitionMark:
         closed, horizons_from = d.get("closed"), d.get("horizons_from")
         return cls(int(d["replay_from"]), int(d["position"]), None if closed is None else int(closed),
-                   None if horizons_from is None else int(horizons_from))
+                   None if horizons_from is None else int(horizons_from),
+                   tuple((float(h), int(period)) for h, period in d.get("periods") or ()),
+                   tuple((int(bucket), int(offset)) for bucket, offset in d.get("late") or ()),
+                   bool(d.get("handover", False)))
+
+    def for_commit(self) -> PartitionMark:
+        """The mark as another process may use it: the horizon fields only if handed over."""
+        if self.handover:
+            return self
+        return PartitionMark(self.replay_from, self.position, self.closed)
+
+    def to_metadata(self, store: str) -> tuple[str, bool]:
+        """The committed offset's metadata (the offset itself is `replay_from`), and False if
+        a handover had to be left out: Kafka caps metadata (offset.metadata.max.bytes, 4096
+        by default), and that part of the horizon windows is then lost if the partition moves."""
+        d = {"driftline": 1, "store": store, **self.for_commit().to_json()}
+        del d["replay_from"]
+        text = json.dumps(d, separators=(",", ":"))
+        if len(text) > MAX_METADATA_BYTES and self.handover:
+            return PartitionMark(self.replay_from, self.position, self.closed).to_metadata(store)[0], False
+        return text, True
+
+    @classmethod
+    def from_metadata(cls, offset: int | None, metadata: str) -> tuple[str, PartitionMark] | None:
+        """(store id, mark) from a committed offset and its metadata, if driftline wrote it."""
+        if offset is None or not metadata.startswith("{"):
+            return None
+        try:
+            d = json.loads(metadata)
+            if d.get("driftline") != 1:
+                return None
+            return str(d["store"]), cls.from_json({**d, "replay_from": offset})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+MAX_METADATA_BYTES = 3000  # below Kafka's default offset.metadata.max.bytes (4096)
 
 
 class TumblingWindows:
@@ -331,8 +383,10 @@ class TumblingWindows:
     a rebalance by reading their events from Kafka again (`adopt` a partition's mark, then
     feed its records with `Origin.replay` while they are below the mark's position). The
     horizon windows still open are rebuilt after a restart too: their closed buckets' records,
-    before the buckets' replay_from, by a second reader (`side_reads`, `add_side`), and the
-    positions at each closing step tell which records were in them and which came late.
+    before the buckets' replay_from, by a second reader (`side_reads`, `add_side`); the
+    first late offset per bucket (`_late_from`) tells which records were in them. With
+    `handover`, after a rebalance that moves partitions as well, by every partition's new
+    reader from the partition's mark.
     """
 
     def __init__(self, *, kind: str, size: float, allowed_lateness: float, kinds: tuple[ColumnKind, ...],
@@ -363,13 +417,22 @@ class TumblingWindows:
         self._floor_from_first: set[int] = set()  # adopted without a known floor
         self._lanes: dict[int, _Lane] = {}  # partitions behind the closed windows
         self._paused = False  # partitions revoked, not yet assigned again: nothing may close
-        # Horizon windows after a restart (`restore`): each closing step whose buckets are in
-        # an open horizon window, as (highest bucket index closed, every partition's position
-        # then). A record read again was merged into its horizon window iff it came before
-        # the position of the step that closed its bucket; after it, it had come late.
-        self._close_steps: list[tuple[int, dict[int, int]]] = []
-        self._horizons_restored = False  # restored empty, rebuilt by reading again
+        # partition -> bucket index -> offset of the partition's first record that came after
+        # the bucket had closed, for the buckets of open horizon windows. Offsets grow in the
+        # order records arrive, so a record read again went into its bucket (and its horizon
+        # window) iff it is before that offset: after it, it had come late.
+        self._late_from: dict[int, dict[int, int]] = {}
+        # Once the broker is known to keep commit metadata (`hand_over_horizons`): a partition's
+        # part of the horizon windows goes with it to its next reader (`PartitionMark.handover`),
+        # as its open buckets do. Before, a moved partition's part stays where it was.
+        self.handover = False
+        self._handover_wanted = False
+        self._horizons_restored = False  # emptied, being rebuilt by reading again
+        # horizon -> a window of a later period than the current one's, restored for a
+        # partition whose previous reader was ahead; the buckets roll into it when they get there
+        self._ahead: dict[float, WindowProfile] = {}
         self._rebuild: set[int] = set()  # partitions whose part of them is being read again
+        self._rebuild_periods: dict[int, tuple[tuple[float, int], ...]] = {}  # ... into these windows
         # partition -> the offsets [from, to) before its replay_from that a second reader
         # reads to rebuild the horizon windows (`side_reads`), so that the buckets need not
         # wait for it; the horizon windows that close meanwhile are held back until it is done
@@ -454,7 +517,9 @@ class TumblingWindows:
         replay = origin is not None and origin.replay
         if not replay:
             self.late_events += late
-        elif late and lane is None and self._rebuild:
+            if late and origin is not None and self._horizons:
+                self._note_late(index, origin, ~on_time)
+        elif late and self._rebuild:
             assert origin is not None
             self._rebuild_horizons(batch, index, origin, ~on_time)
         windows = self._open if lane is None else self._lanes[lane].open
@@ -475,23 +540,44 @@ class TumblingWindows:
             self._wall_at_max_event = self._clock()
         return 0 if replay else late
 
+    def _note_late(self, index: np.ndarray, origin: Origin, late_rows: np.ndarray) -> None:
+        """Records that came after their bucket had closed: per partition and bucket, the
+        first such offset (see `_late_from`)."""
+        parts, buckets, offs = origin.partitions[late_rows], index[late_rows], origin.offsets[late_rows]
+        for p, b, o in zip(parts.tolist(), buckets.tolist(), offs.tolist(), strict=True):
+            known = self._late_from.setdefault(p, {})
+            if o < known.get(b, o + 1):
+                known[b] = o
+
+    def _horizon_windows(self) -> list[tuple[float, WindowProfile]]:
+        """Every horizon window being filled: current, held back and ahead."""
+        return [*((h, acc) for h, acc in self._horizons.items() if acc is not None), *self._held,
+                *self._ahead.items()]
+
     def _rebuild_horizons(self, batch: DecodedBatch, index: np.ndarray, origin: Origin,
                           closed_rows: np.ndarray) -> None:
-        """Records read again after a restart, of buckets closed before it (`closed_rows`):
-        those that were merged into a horizon window still open go into it again."""
+        """Records read again, of buckets closed before (`closed_rows`): those that were in
+        their bucket when it closed go into its horizon window again, if being rebuilt."""
         rows = closed_rows & np.isin(origin.partitions, list(self._rebuild))
-        if not rows.any() or not self._close_steps:
+        if not rows.any():
             return
-        uptos = np.array([upto for upto, _ in self._close_steps])
-        step = np.searchsorted(uptos, index, side="left")  # the step that closed each record's bucket
-        before = np.full(index.size, -1, dtype=np.int64)
         for p in np.unique(origin.partitions[rows]).tolist():
-            at_close = np.array([positions.get(p, -1) for _, positions in self._close_steps] + [-1])
+            late = self._late_from.get(p)
+            if not late:
+                continue
             mine = rows & (origin.partitions == p)
-            before[mine] = at_close[step[mine]]
-        rows &= origin.offsets < before  # read before its bucket closed: it was in the bucket
-        for horizon, acc in [*((h, acc) for h, acc in self._horizons.items() if acc is not None), *self._held]:
-            mine = rows & (np.floor(index * self.size / horizon + 1e-9) == round(acc.start / horizon))
+            for bucket in np.intersect1d(index[mine], list(late)).tolist():
+                rows &= ~(mine & (index == bucket) & (origin.offsets >= late[bucket]))
+        for horizon, acc in self._horizon_windows():
+            period = round(acc.start / horizon)
+            mine = rows & (np.floor(index * self.size / horizon + 1e-9) == period)
+            if not mine.any():
+                continue
+            # only into the windows the partition's mark named: its previous reader had
+            # handed out the others (none named: a checkpoint written before marks named them)
+            named = [p for p in np.unique(origin.partitions[mine]).tolist()
+                     if (horizon, period) in self._rebuild_periods.get(p, ((horizon, period),))]
+            mine &= np.isin(origin.partitions, named)
             if mine.any():
                 acc.add_batch(batch.select(mine))
                 _note_first_offsets(acc, origin, mine)
@@ -543,13 +629,9 @@ class TumblingWindows:
             mark = -math.inf
             if self.kind == "time":
                 mark = self.watermark() - self.lateness
-                before = self._last_closed_index
                 for index in sorted(i for i, w in self._open.items() if w.end <= mark):
                     self._closed.append(self._open.pop(index))
                     self._last_closed_index = max(self._last_closed_index, index)
-                if self._horizons and self._last_closed_index > before:
-                    self._close_steps.append((int(self._last_closed_index), {
-                        p: pos for p, pos in self._positions.items() if p not in self._lanes}))
             buckets, self._closed = self._closed, []
             out: list[tuple[float, WindowProfile]] = []
             horizons: list[tuple[float, WindowProfile]] = []
@@ -561,11 +643,15 @@ class TumblingWindows:
                 if acc is not None and acc.end <= mark:
                     horizons.append((horizon, acc))
                     self._horizons[horizon] = None
+            for horizon, acc in list(self._ahead.items()):
+                if acc.end <= mark:
+                    horizons.append((horizon, self._ahead.pop(horizon)))
             self._held.extend(horizons)
             if not self._side:  # (a window restored empty that nothing was read again into: dropped)
                 out.extend((h, w) for h, w in self._held if w.events)
                 self._held.clear()
-            self._prune_close_steps()
+            self._prune_late()
+            self._maybe_hand_over()
             out.extend(self._close_lanes())
             out.extend(self._shares_due)
             self._shares_due.clear()
@@ -597,12 +683,15 @@ class TumblingWindows:
                 self._merge_lane(p)
         return out
 
-    def _prune_close_steps(self) -> None:
-        """Keep the steps that closed buckets of the open horizon windows."""
-        held = [w for _, w in self._held]
-        firsts = [round(acc.start / self.size) for acc in [*self._horizons.values(), *held] if acc is not None]
-        oldest = min(firsts, default=math.inf)
-        self._close_steps = [s for s in self._close_steps if s[0] >= oldest]
+    def _prune_late(self) -> None:
+        """Keep the late offsets of the buckets of horizon windows still being filled."""
+        oldest = min((round(acc.start / self.size) for _, acc in self._horizon_windows()), default=math.inf)
+        for p, late in list(self._late_from.items()):
+            kept = {b: o for b, o in late.items() if b >= oldest}
+            if kept:
+                self._late_from[p] = kept
+            else:
+                del self._late_from[p]
 
     def _merge_lane(self, p: int) -> None:
         """The lane's open windows join the process's; so does each of its horizon windows
@@ -639,7 +728,8 @@ class TumblingWindows:
                    *(w for lane in self._lanes.values() for w in lane.open.values())]
         # (only count windows wait there: time windows close and are handed out in one step)
         closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
-        horizons = [acc for acc in self._horizons.values() if acc is not None]
+        horizons = [acc for _, acc in self._horizon_windows()]
+        periods = tuple(sorted((h, round(acc.start / h)) for h, acc in self._horizon_windows()))
         partitions = {}
         for p, pos in self._positions.items():
             if p in self._floor_from_first:
@@ -660,7 +750,8 @@ class TumblingWindows:
                 # (while replaying, reading may have begun before replay_from: horizons_from)
                 replay_from=min(firsts, default=pos) if mark is None else min([mark.replay_from, *firsts]),
                 position=pos if mark is None else max(pos, mark.position),
-                closed=part_closed, horizons_from=min(in_horizons, default=None)).to_json()
+                closed=part_closed, horizons_from=min(in_horizons, default=None), periods=periods,
+                late=tuple(sorted(self._late_from.get(p, {}).items())), handover=self.handover).to_json()
         state: dict[str, Any] = {
             "kind": self.kind, "closed_index": closed, "count_index": self._count_index - len(self._closed),
             "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
@@ -668,8 +759,6 @@ class TumblingWindows:
         if self._horizons:
             state["horizons"] = {repr(h): None if acc is None else round(acc.start / h)
                                  for h, acc in self._horizons.items()}
-            state["close_steps"] = [[upto, {str(p): pos for p, pos in positions.items()}]
-                                    for upto, positions in self._close_steps]
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -695,8 +784,6 @@ class TumblingWindows:
                 if period is not None:
                     self._horizons[h] = self._new(period * h, (period + 1) * h)
                     self._horizons_restored = self._paused = True
-            self._close_steps = [(int(upto), {int(p): int(pos) for p, pos in positions.items()})
-                                 for upto, positions in state.get("close_steps") or []]
 
     def _resume_watermark(self) -> None:
         """The watermark advances with the wall clock only while this process reads: the
@@ -728,8 +815,16 @@ class TumblingWindows:
                         self._floor_from_first.add(partition)
                 return start
             self._side.pop(partition, None)
-            if not self._horizons_restored and mark.horizons_from is not None:
-                mark = replace(mark, horizons_from=None)
+            self._late_from.pop(partition, None)
+            if mark.horizons_from is not None and not (self._horizons_restored or mark.handover):
+                mark = replace(mark, horizons_from=None)  # its part stayed with its previous reader
+            self._rebuild_periods.pop(partition, None)
+            if mark.horizons_from is not None:
+                if mark.late:
+                    self._late_from[partition] = dict(mark.late)
+                if mark.periods:
+                    self._rebuild_periods[partition] = mark.periods
+                self._open_periods(mark.periods)
             if mark.horizons_from is not None and mark.horizons_from < mark.replay_from:
                 self._side[partition] = (mark.horizons_from, mark.replay_from, self._side_generation)
                 self._rebuild.add(partition)
@@ -741,6 +836,43 @@ class TumblingWindows:
                 if mark.horizons_from is not None:
                     self._rebuild.add(partition)
             return mark.replay_from
+
+    def hand_over_horizons(self) -> None:
+        """The broker keeps commit metadata: hand each partition's part of the horizon windows
+        over with it from now on. Not while a horizon window holds the part of a partition
+        that left in the meantime (it stayed here, and would be emptied with the next
+        rebalance): then from when those windows have closed."""
+        with self._lock:
+            self._handover_wanted = True
+            self._maybe_hand_over()
+
+    def _maybe_hand_over(self) -> None:
+        if self._handover_wanted and not self.handover:
+            held = {p for _, acc in self._horizon_windows() for p in acc.first_offsets}
+            self.handover = held <= set(self._positions)
+
+    def _open_periods(self, periods: tuple[tuple[float, int], ...]) -> None:
+        """Horizon windows for a partition's part to be rebuilt into: its previous reader's
+        open periods. One this process has moved past is held back until the rebuild is done
+        (then handed out); one it has not reached yet waits ahead for its buckets."""
+        for h, period in periods:
+            if h not in self._horizons or any(
+                    hh == h and round(acc.start / h) == period for hh, acc in self._horizon_windows()):
+                continue
+            acc = self._new(period * h, (period + 1) * h)
+            current = self._horizons[h]
+            if current is not None:
+                now = round(current.start / h)
+            elif self._last_closed_index == -math.inf:
+                now = period
+            else:
+                now = round(self._period_start(self._last_closed_index + 1, h) / h)
+            if period == now and current is None:
+                self._horizons[h] = acc
+            elif period < now:
+                self._held.append((h, acc))
+            elif h not in self._ahead:
+                self._ahead[h] = acc
 
     def _replayed(self, partition: int) -> None:
         """The partition has been read up to its mark's position (caller holds the lock)."""
@@ -821,15 +953,21 @@ class TumblingWindows:
                 self._shares_due.extend((h, acc) for h, acc in lane.horizons.items() if acc is not None)
             self._lanes.clear()
             self._rebuild.clear()
+            self._rebuild_periods.clear()
             self._side.clear()
             self._side_generation += 1  # the readers of those ranges stop
-            if self._horizons_restored:
-                # restored horizon windows not rebuilt yet: emptied, rebuilt by whoever reads
-                # the partitions this process gets now (a moved partition's part is lost, and
-                # so are those of a period that ended meanwhile)
+            if self._horizons_restored or self.handover:
+                # Each partition's part of the horizon windows goes with it: emptied here and
+                # rebuilt, from its mark, by whoever reads it now (this process too, for the
+                # partitions it gets). Without handover (the broker drops commit metadata) the
+                # windows stay, unless they were being rebuilt: then a moved partition's part
+                # is lost.
                 self._horizons = {h: acc if acc is None else self._new(acc.start, acc.end)
                                   for h, acc in self._horizons.items()}
                 self._held.clear()
+                self._ahead.clear()
+                self._late_from.clear()
+                self._horizons_restored = True
 
     def caught_up(self, positions: dict[int, int]) -> None:
         """The consumer's fetch positions: a partition whose position reached its mark's
@@ -852,10 +990,11 @@ class TumblingWindows:
             self._closed_floor.clear()
             self._floor_from_first.clear()
             self._rebuild.clear()
+            self._rebuild_periods.clear()
             self._side.clear()
             self._side_generation += 1
-            self._close_steps.clear()
-            for w in (*self._open.values(), *(acc for acc in self._horizons.values() if acc is not None)):
+            self._late_from.clear()
+            for w in (*self._open.values(), *(acc for _, acc in self._horizon_windows())):
                 w.first_offsets.clear()
 
     def _period_start(self, index: float, horizon: float) -> float:
@@ -872,7 +1011,11 @@ class TumblingWindows:
             closed.append(acc)  # (dropped later if empty: see close_and_checkpoint)
             acc = None
         if acc is None:
-            acc = self._new(period * horizon, (period + 1) * horizon)
+            ahead = self._ahead.get(horizon) if accs is self._horizons else None
+            if ahead is not None and ahead.start == period * horizon:
+                acc = self._ahead.pop(horizon)
+            else:
+                acc = self._new(period * horizon, (period + 1) * horizon)
         acc.merge(bucket)
         acc.start, acc.end = period * horizon, (period + 1) * horizon
         acc.partitions = bucket.partitions

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 from driftline.service.drift import ColumnKind
-from driftline.service.window import NumericalValues, TumblingWindows, WindowProfile
+from driftline.service.window import NumericalValues, PartitionMark, TumblingWindows, WindowProfile
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -517,6 +518,15 @@ def test_a_restart_rebuilds_a_horizon_window_without_the_events_that_came_late()
         [(990.0, [1.0, 2.0, 3.0, 4.0])]  # [990, 1020): aligned to the epoch
 
 
+def _by_horizon_window(ws: list[tuple[float, WindowProfile]]) -> dict[tuple[float, float], tuple[int, list[float]]]:
+    """Per (horizon, window start), the events and values of all the windows given (shares too)."""
+    acc: dict[tuple[float, float], tuple[int, list[float]]] = {}
+    for h, w in ws:
+        n, xs = acc.get((h, w.start), (0, []))
+        acc[(h, w.start)] = (n + w.events, sorted(xs + list(w.numerical[0].values)))
+    return acc
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), join=st.integers(6, 14), pace=st.integers(13, 40))
 def test_a_partition_behind_adds_its_share_of_the_horizon_windows(seed: int, join: int, pace: int) -> None:
@@ -561,15 +571,128 @@ def test_a_partition_behind_adds_its_share_of_the_horizon_windows(seed: int, joi
     ahead = [e for e in events if e[2] >= 1e5]
     step(a, ahead, len(ahead), got)
 
-    def by_window(ws: list[tuple[float, WindowProfile]]) -> dict[tuple[float, float], tuple[int, list[float]]]:
-        acc: dict[tuple[float, float], tuple[int, list[float]]] = {}
-        for h, w in ws:
-            n, xs = acc.get((h, w.start), (0, []))
-            acc[(h, w.start)] = (n + w.events, sorted(xs + list(w.numerical[0].values)))
-        return acc
-
     assert a.late_events == 0
-    assert by_window(got) == by_window(want)
+    assert _by_horizon_window(got) == _by_horizon_window(want)
     assert a.open_events() == steady.open_events()
     shares = {h for h, w in got if w.partitions == (2,)}
     assert shares == {20.0, 60.0, 100.0}, "partition 2 was not behind the closed windows"
+
+
+def _own_mark(state: dict[str, Any], p: int) -> PartitionMark:
+    """Partition p's mark in this process's own checkpoint."""
+    return PartitionMark.from_json(state["partitions"][str(p)])
+
+
+def _through_commit(state: dict[str, Any], p: int) -> PartitionMark:
+    """Partition p's mark as another process reads it back from the committed offset."""
+    mark = _own_mark(state, p)
+    metadata, whole = mark.to_metadata("store-a")
+    assert whole
+    got = PartitionMark.from_metadata(mark.replay_from, metadata)
+    assert got is not None
+    return got[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), join=st.integers(2, 14), stay=st.integers(1, 14),
+       side_after=st.integers(0, 16), lost=st.integers(0, 6), crash=st.booleans())
+def test_horizon_parts_follow_their_partitions_when_processes_join_and_leave(
+        seed: int, join: int, stay: int, side_after: int, lost: int, crash: bool) -> None:
+    """The broker keeps commit metadata (real Kafka), so each partition's part of the open
+    horizon windows goes with it (`PartitionMark.handover`). A reads three partitions; B
+    joins and takes partition 2 (A empties its horizon windows and rebuilds those of 0 and
+    1, B rebuilds 2's part from A's commit); then A leaves for good, or crashes having read
+    `lost` batches past its last commit, and B takes 0 and 1 with A's last commit. Second
+    readers run after `side_after` of the consumers' batches.
+
+    Per (horizon, window start), all windows A and B handed out hold the events and values
+    of a single process: nothing of A's part is lost when it leaves, nothing counted twice."""
+    decoder = _decoder()
+    lateness = 60.0
+    events = _stream(seed, partitions=3, n=900)
+    newest = np.maximum.accumulate([t for _, _, t, _, _ in events])
+    assume(max(newest - [t for _, _, t, _, _ in events]) < lateness / 2)
+    clock = FakeClock(0.0)
+    order = {e: i for i, e in enumerate(events)}
+    Queue = list[tuple[int, int, float, float, str]]
+
+    def new() -> TumblingWindows:
+        w = TumblingWindows(kind="time", size=20.0, allowed_lateness=lateness, kinds=KINDS,
+                            prediction_kind=None, clock=clock, horizons=(60.0,))
+        w.hand_over_horizons()
+        return w
+
+    def step(w: TumblingWindows, queue: Queue, n: int, out: list[tuple[float, WindowProfile]]) -> None:
+        batch, queue[:] = queue[:n], queue[n:]
+        if batch:
+            _feed(w, batch, decoder)
+        out.extend(w.close_and_checkpoint()[0])
+
+    def reading(starts: dict[int, int]) -> Queue:
+        return [e for e in events if e[0] in starts and e[1] >= starts[e[0]]]
+
+    steady, want = new(), []
+    queue = list(events)
+    while queue:
+        step(steady, queue, 25, want)
+
+    a, b = new(), new()
+    a_out: list[tuple[float, WindowProfile]] = []
+    b_out: list[tuple[float, WindowProfile]] = []
+    qa = list(events)
+    for _ in range(join):
+        step(a, qa, 25, a_out)
+    # B joins: A's revoke commit, then A gives everything up and takes 0 and 1 back
+    state = a.checkpoint()
+    a.release()
+    starts = {p: a.adopt(p, _own_mark(state, p), None) or 0 for p in (0, 1)}
+    b_start = b.adopt(2, _through_commit(state, 2), _own_mark(state, 2).replay_from) or 0
+    qa, qb = reading(starts), reading({2: b_start})
+    for i in range(stay):
+        if i == side_after:
+            _feed_side(a, events, decoder)
+            _feed_side(b, events, decoder)
+        step(a, qa, 25, a_out)
+        step(b, qb, 25, b_out)
+    # A leaves (its commit on revoke) or crashes (its last commit, then `lost` batches read and closed for nothing)
+    state = a.checkpoint()
+    for _ in range(lost if crash else 0):
+        step(a, qa, 25, [])
+    b.pause()
+    b.keep(2)
+    taken = {p: b.adopt(p, _through_commit(state, p), _own_mark(state, p).replay_from) or 0 for p in (0, 1)}
+    rest = set(reading(taken)) | set(qb)
+    qb = sorted(rest, key=order.__getitem__)
+    for _ in range(side_after + 1):
+        step(b, qb, 25, b_out)
+    _feed_side(b, events, decoder)
+    while qb:
+        step(b, qb, 25, b_out)
+    for _ in range(3):
+        step(b, qb, 25, b_out)
+
+    assert _by_horizon_window(a_out + b_out) == _by_horizon_window(want)
+    assert b.side_reads() == {} and b.open_events() == steady.open_events()
+    assert sum(w.events for h, w in want if h == 60.0) == len(events) - 3  # (the far-ahead events stay open)
+
+
+
+def test_commit_metadata_carries_a_horizon_part_only_when_handed_over_and_within_kafkas_cap() -> None:
+    """Another process reads the horizon fields only from a reader that gave its part up
+    (without, the part stays with that reader: rebuilding it elsewhere would count it twice).
+    Kafka refuses metadata over offset.metadata.max.bytes (4096 by default): a handover that
+    would not fit goes without its horizon fields, and the caller is told."""
+    mark = PartitionMark(120, 150, 41, horizons_from=80, periods=((3600.0, 472_000),),
+                         late=((9, 101), (10, 117)), handover=True)
+    text, whole = mark.to_metadata("s1")
+    assert whole and len(text) < 300
+    assert PartitionMark.from_metadata(120, text) == ("s1", mark)
+    kept = PartitionMark(120, 150, 41, horizons_from=80, periods=((3600.0, 472_000),), late=((9, 101),))
+    text, whole = kept.to_metadata("s1")
+    assert whole and PartitionMark.from_metadata(120, text) == ("s1", PartitionMark(120, 150, 41))
+    crowded = PartitionMark(120, 150, 41, horizons_from=80, periods=((3600.0, 472_000),),
+                            late=tuple((b, 10_000_000 + b) for b in range(400)), handover=True)
+    text, whole = crowded.to_metadata("s1")
+    assert not whole and len(text) < 4096
+    assert PartitionMark.from_metadata(120, text) == ("s1", PartitionMark(120, 150, 41))
+    assert PartitionMark.from_metadata(120, "") is None and PartitionMark.from_metadata(120, "{oops") is None

@@ -1,0 +1,171 @@
+"""Horizon windows follow their partitions between processes, through commit metadata.
+
+Kafka keeps the metadata committed with an offset; Tansu, the broker the other tests run
+against, drops it (see README, *Limits*). So here the broker's committed offsets are played
+by a dict, the one part that is simulated: two real `Monitor`s (decoder, windows, SQLite
+checkpoints, evaluation against the reference) commit to it and read it back exactly as
+`KafkaSource` does, and the records come from an in-memory log with Kafka's offsets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, namedtuple
+from pathlib import Path
+from typing import Any
+
+from driftline.collectors.kafka import Polled
+from driftline.service.config import MonitorSettings
+from driftline.service.demo.traffic import TrafficModel, encode, monitor_config
+from driftline.service.metrics import DriftlineMetrics
+from driftline.service.monitor import Monitor
+from driftline.service.store import Store
+from prometheus_client import CollectorRegistry
+
+Record = namedtuple("Record", "offset value key timestamp timestamp_type")
+T0 = 1_700_000_040.0  # a minute boundary: 60 s horizon windows begin here
+PARTITIONS = 3
+
+
+class Log:
+    """Three partitions of serving events, 4 a second each, and the group's committed offsets
+    with their metadata (as Kafka keeps them)."""
+
+    def __init__(self, seconds: float) -> None:
+        model = TrafficModel(seed=3)
+        n = int(seconds * 4)
+        self.records = {p: encode(dict(e, ts=T0 + i / 4 + p * 0.05) for i, e in enumerate(model.events(n, now=T0)))
+                        for p in range(PARTITIONS)}
+        self.committed: dict[int, tuple[int, str]] = {}
+
+    def poll(self, positions: dict[int, int], upto: float, step: float = 5.0) -> Polled:
+        """The records of these partitions from their positions, with event times before `upto`
+        and within `step` seconds of the oldest one: partitions are read in step, as a consumer
+        reading a topic's partitions evenly does."""
+        polled = Polled()
+        heads = [T0 + pos / 4 for p, pos in positions.items() if pos < len(self.records[p])]
+        upto = min(upto, min(heads, default=upto) + step)
+        for p, pos in sorted(positions.items()):
+            take = []
+            for offset in range(pos, len(self.records[p])):
+                if T0 + offset / 4 >= upto:
+                    break
+                take.append(Record(offset, self.records[p][offset], None, -1, -1))
+            if take:
+                polled.add(p, take, timestamps=False)
+                positions[p] = take[-1].offset + 1
+        return polled
+
+    def read(self, p: int, lo: int, hi: int) -> Polled:
+        polled = Polled()
+        polled.add(p, [Record(o, self.records[p][o], None, -1, -1) for o in range(lo, hi)], timestamps=False)
+        return polled
+
+    def commit(self, offsets: dict[int, tuple[int, str]]) -> None:
+        self.committed.update(offsets)
+
+    def fetch(self, partitions: list[int]) -> dict[int, tuple[int, str] | None]:
+        return {p: self.committed.get(p) for p in partitions}
+
+
+class Process:
+    """One driftline process's monitor, driven the way KafkaSource and the scheduler do."""
+
+    def __init__(self, name: str, log: Log, settings: MonitorSettings, tmp_path: Path, clock: Any) -> None:
+        self.log = log
+        self.monitor = Monitor(settings, 0, DriftlineMetrics(CollectorRegistry()), None, clock,
+                               store=Store(tmp_path / f"{name}.db"))
+        self.positions: dict[int, int] = {}
+        self.results: list[Any] = []
+        self.side_reads = 0
+
+    def assign(self, partitions: list[int]) -> None:
+        starts = self.monitor.adopt(self.log.fetch(partitions))
+        self.positions = {p: starts.get(p, 0) for p in partitions}
+
+    def revoke(self) -> None:
+        self.log.commit(self.monitor.release())
+
+    def run_until(self, upto: float) -> None:
+        """Read up to event time `upto`, in polls, with an evaluation tick and a commit after
+        each; the second reader reads its ranges after the first poll."""
+        while True:
+            polled = self.log.poll(self.positions, upto)
+            if polled.values:
+                self.monitor.consume(polled)
+            self.monitor.windows.caught_up(dict(self.positions))
+            self.read_aside()
+            self.results.extend(self.monitor.evaluate_due())
+            self.log.commit(self.monitor.committable())
+            if not polled.values:
+                return
+
+    def read_aside(self) -> None:
+        for p, (lo, hi, generation) in self.monitor.windows.side_reads().items():
+            self.side_reads += 1
+            assert self.monitor.add_side(self.log.read(p, lo, hi), generation)
+            self.monitor.windows.side_done(p, generation)
+
+
+def _events_per_window(results: list[Any]) -> Counter[tuple[str, float]]:
+    got: Counter[tuple[str, float]] = Counter()
+    for r in results:
+        got[(r.horizon, r.window_start)] += r.events
+    return got
+
+
+def test_horizon_windows_follow_their_partitions_as_processes_join_and_leave_for_good(
+        tmp_path: Path, reference_path: Path) -> None:
+    """A reads three partitions of a new group; B joins and takes partition 2, then C joins
+    and takes partition 1; later A and C leave for good. Per (horizon, window start), the
+    events A, B and C evaluated together equal those of a single process that read
+    everything, for the 20 s buckets and for the 60 s horizon windows: nothing of a part is
+    lost when its process leaves, and nothing is counted twice.
+
+    A new group has committed nothing: A learns that the broker keeps commit metadata only
+    from the offsets it gets back when B joins. Until then a moved partition's part stays
+    with A, and so it does until A's horizon window holding it has closed: had A handed
+    parts over from then on, C's joining would have emptied that window, partition 2's part
+    with it. When A and C leave, B reads the closed buckets of their parts again (a second
+    reader per partition) into its own horizon window."""
+    conf = monitor_config("m", "127.0.0.1:9", "t", reference_path,
+                          window={"type": "time", "size": "20s", "allowed_lateness": "2s", "min_events": 1,
+                                  "horizons": ["60s"]})
+    settings = MonitorSettings.model_validate(conf)
+    now = [T0 + 1e4]  # after every event, and still: windows close by event time alone
+    clock = lambda: now[0]  # noqa: E731
+    log = Log(seconds=420)
+
+    single = Process("single", log, settings, tmp_path, clock)
+    single.assign(list(range(PARTITIONS)))
+    single.run_until(T0 + 1e4)
+    now[0] += 60  # traffic stops: the last windows close by the wall clock
+    single.run_until(T0 + 1e4)
+    now[0] -= 60
+    log.committed.clear()
+
+    a, b, c = (Process(name, log, settings, tmp_path, clock) for name in "abc")
+
+    def rebalance(to: dict[Process, list[int]], run_until: float) -> None:
+        for process in (a, b, c):
+            if process.positions:
+                process.revoke()
+                process.positions = {}
+        for process, partitions in to.items():
+            process.assign(partitions)
+        for process in to:
+            process.run_until(run_until)
+
+    rebalance({a: [0, 1, 2]}, T0 + 95)  # mid-way through the second horizon window
+    rebalance({a: [0, 1], b: [2]}, T0 + 110)
+    assert not a.monitor.windows.handover and b.monitor.windows.handover
+    rebalance({a: [0], b: [2], c: [1]}, T0 + 230)  # two buckets into the fourth horizon window
+    assert a.monitor.windows.handover and c.monitor.windows.handover
+    rebalance({b: [0, 1, 2]}, T0 + 1e4)  # A and C leave
+    now[0] += 60
+    b.run_until(T0 + 1e4)
+
+    assert b.side_reads >= 2  # partitions 0 and 1: A's and C's parts of the open horizon window
+    want = _events_per_window(single.results)
+    assert _events_per_window(a.results + b.results + c.results) == want
+    assert sum(n for (h, _), n in want.items() if h == "1m") == sum(n for (h, _), n in want.items() if h == "20s")
+    assert len([k for k in want if k[0] == "1m"]) >= 6
