@@ -322,8 +322,9 @@ class PartitionMark:
         if self.horizons_from is not None:
             d["horizons_from"] = self.horizons_from
             d["periods"] = [[h, period] for h, period in self.periods]
-            if self.late:
-                d["late"] = [[bucket, offset] for bucket, offset in self.late]
+            if self.late:  # flat, each pair as the difference from the one before: compact
+                d["late"] = [x for (b, o), (pb, po) in zip(self.late, ((0, 0), *self.late[:-1]), strict=True)
+                             for x in (b - pb, o - po)]
             if self.handover:
                 d["handover"] = True
         return d
@@ -334,7 +335,7 @@ class PartitionMark:
         return cls(int(d["replay_from"]), int(d["position"]), None if closed is None else int(closed),
                    None if horizons_from is None else int(horizons_from),
                    tuple((float(h), int(period)) for h, period in d.get("periods") or ()),
-                   tuple((int(bucket), int(offset)) for bucket, offset in d.get("late") or ()),
+                   _undelta(d.get("late") or ()),
                    bool(d.get("handover", False)))
 
     def for_commit(self) -> PartitionMark:
@@ -369,6 +370,12 @@ class PartitionMark:
 
 
 MAX_METADATA_BYTES = 3000  # below Kafka's default offset.metadata.max.bytes (4096)
+
+
+def _undelta(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """(bucket, offset) pairs from `PartitionMark.to_json`'s flat differences."""
+    pairs = np.cumsum(np.asarray(flat, dtype=np.int64).reshape(-1, 2), axis=0)
+    return tuple((int(b), int(o)) for b, o in pairs.tolist())
 
 
 class TumblingWindows:
@@ -544,7 +551,11 @@ class TumblingWindows:
         """Records that came after their bucket had closed: per partition and bucket, the
         first such offset (see `_late_from`)."""
         parts, buckets, offs = origin.partitions[late_rows], index[late_rows], origin.offsets[late_rows]
-        for p, b, o in zip(parts.tolist(), buckets.tolist(), offs.tolist(), strict=True):
+        order = np.lexsort((offs, buckets, parts))  # each (partition, bucket)'s lowest offset first
+        parts, buckets, offs = parts[order], buckets[order], offs[order]
+        first = np.ones(parts.size, dtype=bool)
+        first[1:] = (parts[1:] != parts[:-1]) | (buckets[1:] != buckets[:-1])
+        for p, b, o in zip(parts[first].tolist(), buckets[first].tolist(), offs[first].tolist(), strict=True):
             known = self._late_from.setdefault(p, {})
             if o < known.get(b, o + 1):
                 known[b] = o

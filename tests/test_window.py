@@ -691,8 +691,40 @@ def test_commit_metadata_carries_a_horizon_part_only_when_handed_over_and_within
     text, whole = kept.to_metadata("s1")
     assert whole and PartitionMark.from_metadata(120, text) == ("s1", PartitionMark(120, 150, 41))
     crowded = PartitionMark(120, 150, 41, horizons_from=80, periods=((3600.0, 472_000),),
-                            late=tuple((b, 10_000_000 + b) for b in range(400)), handover=True)
+                            late=tuple((b, 10_000_000 + 987_654 * b) for b in range(400)), handover=True)
     text, whole = crowded.to_metadata("s1")
     assert not whole and len(text) < 4096
     assert PartitionMark.from_metadata(120, text) == ("s1", PartitionMark(120, 150, 41))
     assert PartitionMark.from_metadata(120, "") is None and PartitionMark.from_metadata(120, "{oops") is None
+
+
+def test_the_checkpoint_keeps_each_partitions_first_late_offset_per_bucket_of_open_horizon_windows() -> None:
+    """Buckets of 10 s in a 60 s horizon: after [1020, 1030) and [1030, 1040) have closed,
+    late events of both arrive from two partitions in one batch. Each partition's mark keeps,
+    per bucket, its first late offset (what a rebuild leaves out from); once the horizon
+    window has closed they are dropped."""
+    from driftline.service.window import Origin
+
+    decoder = _decoder()
+    clock = FakeClock(0.0)
+    w = time_windows(clock, size=10, lateness=2, horizons=(60.0,))
+    for p in (0, 1):
+        w.adopt(p, None, 0)
+
+    def feed(rows: list[tuple[int, int, float]]) -> None:
+        raws = [json.dumps({"ts": t, "x": 1.0, "c": "a"}).encode() for _, _, t in rows]
+        w.add_batch(decoder.decode_batch(raws, None, 1e6),  # type: ignore[attr-defined]
+                    Origin(np.array([p for p, _, _ in rows]), np.array([o for _, o, _ in rows]),
+                           {p: max(o for q, o, _ in rows if q == p) + 1 for p, _, _ in rows}))
+
+    feed([(0, 0, 1021.0), (1, 0, 1022.0), (0, 1, 1031.0), (1, 1, 1043.0)])
+    assert [p.start for p in closed(w)] == [1020.0, 1030.0]
+    feed([(0, 2, 1044.0), (1, 5, 1032.0), (0, 4, 1023.0), (0, 3, 1024.0), (1, 2, 1035.0), (0, 5, 1033.0)])
+    written = json.loads(json.dumps(w.checkpoint()["partitions"]))
+    marks = {int(p): PartitionMark.from_json(m) for p, m in written.items()}
+    assert marks[0].late == ((102, 3), (103, 5))
+    assert marks[1].late == ((103, 2),)
+    assert w.late_events == 5
+    w.add((0.0, "a"), 1100.0, None, None)  # the horizon window [1020, 1080) closes
+    closed(w)
+    assert "late" not in w.checkpoint()["partitions"]["0"]
