@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from driftline.service.config import KafkaSettings
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, OffsetMetadataTooLargeError
 from kafka.protocol.consumer.offsets import OffsetResetStrategy
 from kafka.structs import OffsetAndMetadata
 
@@ -339,6 +339,9 @@ class PartitionOwner(Protocol):
     def reset_partitions(self) -> None:
         """The topic was recreated: positions start again."""
 
+    def metadata_refused(self) -> None:
+        """The broker refused a commit's metadata as too large: commit only the small marks."""
+
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Async, so that the commit on revoke runs on kafka-python's own event loop: version 3
@@ -460,7 +463,11 @@ class KafkaSource:
             try:
                 # the coroutine behind KafkaConsumer.commit(), awaited on the loop we are on
                 coordinator = self._consumer._coordinator
-                await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
+                try:
+                    await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
+                except OffsetMetadataTooLargeError as exc:
+                    pending = self._uncommitted(self._metadata_refused(exc), assigned)
+                    await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
                 with self._lock:
                     self._committed.update(pending)
                 log.info("partitions %s revoked; committed %s", sorted(p for p in assigned),
@@ -737,12 +744,24 @@ class KafkaSource:
         if not pending:
             return
         try:
-            self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
+            try:
+                self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
+            except OffsetMetadataTooLargeError as exc:
+                pending = self._uncommitted(self._metadata_refused(exc), self.assigned)
+                self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
         except KafkaError as exc:
             log.warning("offset commit failed (will retry): %s", exc)
             return
         with self._lock:
             self._committed.update(pending)
+
+    def _metadata_refused(self, exc: KafkaError) -> dict[int, tuple[int, str]]:
+        """The broker caps commit metadata below what driftline wrote (its
+        offset.metadata.max.bytes): from now on the owner commits its small marks only."""
+        log.error("the broker refused the commit metadata as too large (%s): committing without the "
+                  "horizon windows' parts from now on; a moved partition's part stays where it was", exc)
+        self._owner.metadata_refused()
+        return self._owner.committable()
 
     @property
     def committed(self) -> dict[int, int]:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,7 @@ class Monitor:
         self._known_marks: dict[int, PartitionMark] = {}
         self._parked: set[int] | None = None  # partitions held when last revoked
         self._metadata_kept = False  # seen a driftline mark come back from the broker
+        self._metadata_refused = False  # the broker refused a commit's metadata as too large
         self._too_large: set[int] = set()  # partitions whose handover did not fit (logged once)
         if store is not None:
             saved = store.load_checkpoint(self.name)
@@ -319,7 +321,7 @@ class Monitor:
             log.info("monitor %s: partition %d from offset %s%s", self.name, p, start,
                      f", replaying to {mark.position} (windows up to #{mark.closed} closed)"
                      if mark is not None and start is not None and mark.position > start else "")
-        if not self._metadata_kept and any(
+        if not self._metadata_kept and not self._metadata_refused and any(
                 got is not None and PartitionMark.from_metadata(*got) is not None for got in committed.values()):
             # (only now: the partitions just released were committed without it)
             self._metadata_kept = True
@@ -342,6 +344,15 @@ class Monitor:
             self._parked = held
         return offsets
 
+    def metadata_refused(self) -> None:
+        """The broker caps commit metadata lower than Kafka's default: no horizon windows'
+        parts in it from now on, so each part stays with its reader (as without metadata)."""
+        with self._checkpoint_lock:
+            self._metadata_refused = True
+            self.windows.hand_over_horizons(False)
+            # (the partitions that come back must not be rebuilt: their parts stay here now)
+            self._known_marks = {p: replace(m, handover=False) for p, m in self._known_marks.items()}
+
     def reset_partitions(self) -> None:
         """The topic was recreated: offsets start again, the old marks mean nothing."""
         with self._checkpoint_lock:
@@ -359,6 +370,8 @@ class Monitor:
         out = {}
         for p, m in saved.get("partitions", {}).items():
             mark = PartitionMark.from_json(m)
+            if self._metadata_refused:
+                mark = mark.for_commit(handover=False)
             metadata, whole = mark.to_metadata(own)
             if not whole and int(p) not in self._too_large:
                 self._too_large.add(int(p))

@@ -338,9 +338,10 @@ class PartitionMark:
                    _undelta(d.get("late") or ()),
                    bool(d.get("handover", False)))
 
-    def for_commit(self) -> PartitionMark:
-        """The mark as another process may use it: the horizon fields only if handed over."""
-        if self.handover:
+    def for_commit(self, handover: bool = True) -> PartitionMark:
+        """The mark as another process may use it: the horizon fields only if handed over
+        (and `handover` allows it)."""
+        if self.handover and handover:
             return self
         return PartitionMark(self.replay_from, self.position, self.closed)
 
@@ -352,7 +353,7 @@ class PartitionMark:
         del d["replay_from"]
         text = json.dumps(d, separators=(",", ":"))
         if len(text) > MAX_METADATA_BYTES and self.handover:
-            return PartitionMark(self.replay_from, self.position, self.closed).to_metadata(store)[0], False
+            return self.for_commit(handover=False).to_metadata(store)[0], False
         return text, True
 
     @classmethod
@@ -848,13 +849,14 @@ class TumblingWindows:
                     self._rebuild.add(partition)
             return mark.replay_from
 
-    def hand_over_horizons(self) -> None:
+    def hand_over_horizons(self, on: bool = True) -> None:
         """The broker keeps commit metadata: hand each partition's part of the horizon windows
         over with it from now on. Not while a horizon window holds the part of a partition
         that left in the meantime (it stayed here, and would be emptied with the next
-        rebalance): then from when those windows have closed."""
+        rebalance): then from when those windows have closed. (`on=False`: no more.)"""
         with self._lock:
-            self._handover_wanted = True
+            self._handover_wanted = on
+            self.handover = self.handover and on
             self._maybe_hand_over()
 
     def _maybe_hand_over(self) -> None:

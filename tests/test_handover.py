@@ -19,6 +19,7 @@ from driftline.service.demo.traffic import TrafficModel, encode, monitor_config
 from driftline.service.metrics import DriftlineMetrics
 from driftline.service.monitor import Monitor
 from driftline.service.store import Store
+from kafka.errors import OffsetMetadataTooLargeError
 from prometheus_client import CollectorRegistry
 
 Record = namedtuple("Record", "offset value key timestamp timestamp_type")
@@ -36,6 +37,7 @@ class Log:
         self.records = {p: encode(dict(e, ts=T0 + i / 4 + p * 0.05) for i, e in enumerate(model.events(n, now=T0)))
                         for p in range(PARTITIONS)}
         self.committed: dict[int, tuple[int, str]] = {}
+        self.max_metadata = 4096  # the broker's offset.metadata.max.bytes
 
     def poll(self, positions: dict[int, int], upto: float, step: float = 5.0) -> Polled:
         """The records of these partitions from their positions, with event times before `upto`
@@ -61,6 +63,8 @@ class Log:
         return polled
 
     def commit(self, offsets: dict[int, tuple[int, str]]) -> None:
+        if any(len(metadata) > self.max_metadata for _, metadata in offsets.values()):
+            raise OffsetMetadataTooLargeError()  # as kafka-python raises it for that error code
         self.committed.update(offsets)
 
     def fetch(self, partitions: list[int]) -> dict[int, tuple[int, str] | None]:
@@ -83,7 +87,15 @@ class Process:
         self.positions = {p: starts.get(p, 0) for p in partitions}
 
     def revoke(self) -> None:
-        self.log.commit(self.monitor.release())
+        self.commit(self.monitor.release())
+
+    def commit(self, offsets: dict[int, tuple[int, str]]) -> None:
+        """As KafkaSource commits: once more with the small marks if the metadata is refused."""
+        try:
+            self.log.commit(offsets)
+        except OffsetMetadataTooLargeError:
+            self.monitor.metadata_refused()
+            self.log.commit(self.monitor.committable())
 
     def run_until(self, upto: float) -> None:
         """Read up to event time `upto`, in polls, with an evaluation tick and a commit after
@@ -95,7 +107,7 @@ class Process:
             self.monitor.windows.caught_up(dict(self.positions))
             self.read_aside()
             self.results.extend(self.monitor.evaluate_due())
-            self.log.commit(self.monitor.committable())
+            self.commit(self.monitor.committable())
             if not polled.values:
                 return
 
@@ -113,6 +125,29 @@ def _events_per_window(results: list[Any]) -> Counter[tuple[str, float]]:
     return got
 
 
+def _single_run(tmp_path: Path, reference_path: Path) -> tuple[Log, list[float], Counter[tuple[str, float]], Any]:
+    """The log, the clock, the events per window of one process that read it all, and a
+    maker of processes (20 s buckets in 60 s horizon windows)."""
+    conf = monitor_config("m", "127.0.0.1:9", "t", reference_path,
+                          window={"type": "time", "size": "20s", "allowed_lateness": "2s", "min_events": 1,
+                                  "horizons": ["60s"]})
+    settings = MonitorSettings.model_validate(conf)
+    now = [T0 + 1e4]  # after every event, and still: windows close by event time alone
+    log = Log(seconds=420)
+
+    def new(name: str) -> Process:
+        return Process(name, log, settings, tmp_path, lambda: now[0])
+
+    single = new("single")
+    single.assign(list(range(PARTITIONS)))
+    single.run_until(T0 + 1e4)
+    now[0] += 60  # traffic stops: the last windows close by the wall clock
+    single.run_until(T0 + 1e4)
+    now[0] -= 60
+    log.committed.clear()
+    return log, now, _events_per_window(single.results), new
+
+
 def test_horizon_windows_follow_their_partitions_as_processes_join_and_leave_for_good(
         tmp_path: Path, reference_path: Path) -> None:
     """A reads three partitions of a new group; B joins and takes partition 2, then C joins
@@ -127,23 +162,8 @@ def test_horizon_windows_follow_their_partitions_as_processes_join_and_leave_for
     parts over from then on, C's joining would have emptied that window, partition 2's part
     with it. When A and C leave, B reads the closed buckets of their parts again (a second
     reader per partition) into its own horizon window."""
-    conf = monitor_config("m", "127.0.0.1:9", "t", reference_path,
-                          window={"type": "time", "size": "20s", "allowed_lateness": "2s", "min_events": 1,
-                                  "horizons": ["60s"]})
-    settings = MonitorSettings.model_validate(conf)
-    now = [T0 + 1e4]  # after every event, and still: windows close by event time alone
-    clock = lambda: now[0]  # noqa: E731
-    log = Log(seconds=420)
-
-    single = Process("single", log, settings, tmp_path, clock)
-    single.assign(list(range(PARTITIONS)))
-    single.run_until(T0 + 1e4)
-    now[0] += 60  # traffic stops: the last windows close by the wall clock
-    single.run_until(T0 + 1e4)
-    now[0] -= 60
-    log.committed.clear()
-
-    a, b, c = (Process(name, log, settings, tmp_path, clock) for name in "abc")
+    _, now, want, new = _single_run(tmp_path, reference_path)
+    a, b, c = (new(name) for name in "abc")
 
     def rebalance(to: dict[Process, list[int]], run_until: float) -> None:
         for process in (a, b, c):
@@ -165,7 +185,101 @@ def test_horizon_windows_follow_their_partitions_as_processes_join_and_leave_for
     b.run_until(T0 + 1e4)
 
     assert b.side_reads >= 2  # partitions 0 and 1: A's and C's parts of the open horizon window
-    want = _events_per_window(single.results)
     assert _events_per_window(a.results + b.results + c.results) == want
     assert sum(n for (h, _), n in want.items() if h == "1m") == sum(n for (h, _), n in want.items() if h == "20s")
     assert len([k for k in want if k[0] == "1m"]) >= 6
+
+
+def test_after_a_refused_metadata_each_part_stays_with_its_reader_and_counts_once(
+        tmp_path: Path, reference_path: Path) -> None:
+    """A hands parts over, until the broker caps metadata at 150 bytes and refuses the commit
+    A makes as B joins: A commits its small marks instead, and from then on. B takes
+    partition 2 and A keeps the parts it holds: nobody rebuilds them, A does not rebuild its
+    own again, and per window A and B together count every event once."""
+    log, now, want, new = _single_run(tmp_path, reference_path)
+    a, b = new("a"), new("b")
+    a.monitor.windows.hand_over_horizons()  # as once it has seen the broker keep metadata
+    a.assign([0, 1, 2])
+    a.run_until(T0 + 95)
+    assert a.monitor.windows.handover
+    log.max_metadata = 150  # (a broker moved to a smaller cap)
+    a.revoke()  # refused: its checkpoint had handed the parts over, its commit does not
+    assert not a.monitor.windows.handover
+    a.assign([0, 1])
+    b.assign([2])
+    a.run_until(T0 + 1e4)
+    b.run_until(T0 + 1e4)
+    now[0] += 60
+    a.run_until(T0 + 1e4)
+    b.run_until(T0 + 1e4)
+    assert a.side_reads == b.side_reads == 0
+    assert _events_per_window(a.results + b.results) == want
+
+
+def test_a_broker_refusing_the_metadata_gets_the_small_marks_and_parts_stay_with_their_reader(
+        broker: Any, tmp_path: Path, reference_path: Path, caplog: Any) -> None:
+    """A broker whose offset.metadata.max.bytes is below what a handover takes refuses the
+    commit (OffsetMetadataTooLarge). driftline then commits the small marks at once, and
+    from then on keeps each partition's part of the horizon windows with its reader.
+
+    The real part: a Tansu broker, the real KafkaSource and Monitor. Tansu drops metadata
+    instead of refusing it, so the refusal is played by wrapping the consumer's commit: it
+    raises kafka-python's OffsetMetadataTooLargeError, as kafka-python's coordinator does on
+    that error code, for metadata over 120 bytes."""
+    import logging
+    import time
+    import uuid
+
+    from driftline.collectors.kafka import KafkaSource
+
+    from tests.helpers import produce
+
+    topic = f"refuse-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic, partitions=1)
+    # events of the last 2 minutes but 30 s: closed 20 s buckets of today's horizon window
+    if time.time() % 86400 < 150:
+        time.sleep(150 - time.time() % 86400)  # (just after midnight UTC: wait for them)
+    n = 360
+    start = time.time() - 30 - n / 4
+    produce(broker.bootstrap, topic, encode(dict(e, ts=start + i * 0.25)
+                                            for i, e in enumerate(TrafficModel(seed=5).events(n, now=start))))
+    conf = monitor_config("m", broker.bootstrap, topic, reference_path,
+                          window={"type": "time", "size": "20s", "allowed_lateness": "2s", "min_events": 1,
+                                  "horizons": ["1d"]},
+                          kafka={"group_id": f"g-{topic}"})
+    settings = MonitorSettings.model_validate(conf)
+    monitor = Monitor(settings, 0, DriftlineMetrics(CollectorRegistry()), None, store=Store(tmp_path / "s.db"))
+    monitor.windows.hand_over_horizons()  # as once it has seen the broker keep metadata
+    source = KafkaSource(settings.kafka, lambda _: None, monitor)
+    tries: list[dict[int, str]] = []
+    commit = source._consumer.commit
+
+    def refusing(offsets: dict[Any, Any], **kw: Any) -> None:
+        tries.append({tp.partition: om.metadata for tp, om in offsets.items()})
+        if any(len(om.metadata) > 120 for om in offsets.values()):
+            raise OffsetMetadataTooLargeError()
+        commit(offsets, **kw)
+
+    source._consumer.commit = refusing
+    try:
+        read = 0
+        deadline = time.monotonic() + 30
+        while read < n and time.monotonic() < deadline:
+            polled = source.poll(timeout_ms=500)
+            if polled.values:
+                monitor.consume(polled)
+                source.mark_processed(polled)
+                read += len(polled.values)
+        assert read == n
+        results = monitor.evaluate_due()
+        assert [r.horizon for r in results].count("20s") >= 3  # closed buckets of today's open window
+        with caplog.at_level(logging.ERROR, logger="driftline.collectors.kafka"):
+            source.commit()
+        assert len(tries) == 2 and '"handover":true' in tries[0][0] and "handover" not in tries[1][0]
+        assert len(tries[1][0]) <= 120 and "refused the commit metadata as too large" in caplog.text
+        assert source.committed == {0: monitor.committable()[0][0]}
+        assert not monitor.windows.handover
+        state = monitor.windows.checkpoint()
+        assert "handover" not in state["partitions"]["0"]  # and the next checkpoints say so
+    finally:
+        source.close()
