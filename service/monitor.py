@@ -445,8 +445,12 @@ class Monitor:
             self._metrics.windows.labels(self.name, result.status.value).inc()
             if result.partitions is None:  # a share is not the monitor's latest state
                 with self._lock:
-                    self._latest[horizon] = result
-                    if result.status is WindowStatus.EVALUATED:
+                    # nor is an older time window evaluated late (a part handed over, rebuilt
+                    # after this process had moved on): the gauges never go back in time
+                    if self._newer(result, self._latest.get(horizon)):
+                        self._latest[horizon] = result
+                    if result.status is WindowStatus.EVALUATED and self._newer(
+                            result, self._latest_evaluated.get(horizon)):
                         self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
             share = "" if result.partitions is None else f" (share of partitions {list(result.partitions)})"
@@ -454,6 +458,11 @@ class Monitor:
                      self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), share, result.events,
                      result.status.value, result.drift_share, drifted)
         return results
+
+    def _newer(self, result: WindowResult, latest: WindowResult | None) -> bool:
+        """Whether `result` may replace `latest` (count windows come in order; their ends are
+        event times, which need not be)."""
+        return latest is None or self.settings.window.type != "time" or result.window_end >= latest.window_end
 
     # -- reference reload -----------------------------------------------------------------------
     def reload_reference(self) -> tuple[bool, str]:

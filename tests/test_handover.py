@@ -190,6 +190,35 @@ def test_horizon_windows_follow_their_partitions_as_processes_join_and_leave_for
     assert len([k for k in want if k[0] == "1m"]) >= 6
 
 
+def test_a_part_handed_to_a_process_ahead_is_evaluated_without_moving_its_gauges_back(
+        tmp_path: Path, reference_path: Path) -> None:
+    """B reads partition 2 a period and more ahead of A when A leaves: A's part of its open
+    horizon window [180, 240) belongs to a window B has evaluated already. B rebuilds it and
+    evaluates it once its rebuild is done (the events add up per window), but the gauges and
+    the status API keep showing B's newest window, not that older one."""
+    _, now, want, new = _single_run(tmp_path, reference_path)
+    a, b = new("a"), new("b")
+    for process in (a, b):
+        process.monitor.windows.hand_over_horizons()  # as once seen the broker keep metadata
+    a.assign([0, 1])
+    b.assign([2])
+    a.run_until(T0 + 230)
+    b.run_until(T0 + 330)
+    a.revoke()  # A leaves
+    b.revoke()
+    b.assign([0, 1, 2])
+    newest = b.monitor.latest_result("1m")
+    assert newest is not None and newest.window_end == T0 + 300
+    b.run_until(T0 + 250)  # the rebuild and the replay of A's partitions, up to B's buckets
+    late = [r for r in b.results if r.horizon == "1m" and r.window_end == T0 + 240 and r.partitions is None]
+    assert len(late) == 2  # B's own part, and A's evaluated after B's [240, 300)
+    assert b.monitor.latest_result("1m").window_end == T0 + 300  # type: ignore[union-attr]
+    b.run_until(T0 + 1e4)
+    now[0] += 60
+    b.run_until(T0 + 1e4)
+    assert _events_per_window(a.results + b.results) == want
+
+
 def test_after_a_refused_metadata_each_part_stays_with_its_reader_and_counts_once(
         tmp_path: Path, reference_path: Path) -> None:
     """A hands parts over, until the broker caps metadata at 150 bytes and refuses the commit
