@@ -123,6 +123,8 @@ class WindowProfile:
     last_event_time: float = -math.inf
     # partition -> offset of its first event in this window: where a rebuild re-reads from
     first_offsets: dict[int, int] = field(default_factory=dict)
+    # partition -> index of its first bucket in this window (horizon windows: see PartitionMark)
+    first_buckets: dict[int, int] = field(default_factory=dict)
     # a share: these partitions' events only, of a window already evaluated here without them
     partitions: tuple[int, ...] | None = None
 
@@ -198,6 +200,8 @@ class WindowProfile:
         self.last_event_time = max(self.last_event_time, other.last_event_time)
         for p, o in other.first_offsets.items():
             self.first_offsets[p] = min(o, self.first_offsets.get(p, o))
+        for p, b in other.first_buckets.items():
+            self.first_buckets[p] = min(b, self.first_buckets.get(p, b))
 
     def sample(self, i: int) -> ColumnSample:
         if i in self.numerical:
@@ -301,7 +305,9 @@ class PartitionMark:
     The horizon windows still open have the partition's closed buckets in them: their part
     is rebuilt from Kafka too, by a second reader, without moving the committed offset
     (see `TumblingWindows.side_reads`). `horizons_from`: where those buckets' records begin;
-    `periods`: (horizon, period index) of those windows; `late`: per closed bucket of them,
+    `periods`: (horizon, period index) of those windows; `first_bucket`: the index of the
+    partition's first bucket in them (its buckets before were handed out in windows already,
+    maybe of the same period: a lane's part closes apart); `late`: per closed bucket of them,
     the offset of the partition's first record that came after the bucket had closed (it and
     the bucket's records after it are not in the horizon window). `handover`: the reader gave
     its part of the horizon windows up when the partition left it, so whoever reads the
@@ -316,12 +322,15 @@ class PartitionMark:
     periods: tuple[tuple[float, int], ...] = ()
     late: tuple[tuple[int, int], ...] = ()
     handover: bool = False
+    first_bucket: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"replay_from": self.replay_from, "position": self.position, "closed": self.closed}
         if self.horizons_from is not None:
             d["horizons_from"] = self.horizons_from
             d["periods"] = [[h, period] for h, period in self.periods]
+            if self.first_bucket is not None:
+                d["first_bucket"] = self.first_bucket
             if self.late:  # flat, each pair as the difference from the one before: compact
                 d["late"] = [x for (b, o), (pb, po) in zip(self.late, ((0, 0), *self.late[:-1]), strict=True)
                              for x in (b - pb, o - po)]
@@ -336,7 +345,8 @@ class PartitionMark:
                    None if horizons_from is None else int(horizons_from),
                    tuple((float(h), int(period)) for h, period in d.get("periods") or ()),
                    _undelta(d.get("late") or ()),
-                   bool(d.get("handover", False)))
+                   bool(d.get("handover", False)),
+                   None if d.get("first_bucket") is None else int(d["first_bucket"]))
 
     def for_commit(self, handover: bool = True) -> PartitionMark:
         """The mark as another process may use it: the horizon fields only if handed over
@@ -436,11 +446,12 @@ class TumblingWindows:
         self.handover = False
         self._handover_wanted = False
         self._horizons_restored = False  # emptied, being rebuilt by reading again
-        # horizon -> a window of a later period than the current one's, restored for a
-        # partition whose previous reader was ahead; the buckets roll into it when they get there
-        self._ahead: dict[float, WindowProfile] = {}
+        # (horizon, window) of periods later than the current one's, restored for a partition
+        # whose previous reader was ahead; the buckets roll into them when they get there
+        self._ahead: list[tuple[float, WindowProfile]] = []
         self._rebuild: set[int] = set()  # partitions whose part of them is being read again
         self._rebuild_periods: dict[int, tuple[tuple[float, int], ...]] = {}  # ... into these windows
+        self._rebuild_from: dict[int, int] = {}  # ... from this bucket on (PartitionMark.first_bucket)
         # partition -> the offsets [from, to) before its replay_from that a second reader
         # reads to rebuild the horizon windows (`side_reads`), so that the buckets need not
         # wait for it; the horizon windows that close meanwhile are held back until it is done
@@ -535,9 +546,12 @@ class TumblingWindows:
             w = windows.get(i)
             if w is None:
                 w = windows[i] = self._new(i * self.size, (i + 1) * self.size)
-            rows = index == i
+            rows = on_time & (index == i)  # (a late record of another partition may share the index)
             w.add_batch(batch if rows.all() else batch.select(rows))
             _note_first_offsets(w, origin, rows)
+            if self._horizons:
+                for p in w.first_offsets:
+                    w.first_buckets.setdefault(p, i)
         newest = float(batch.event_time[on_time].max()) if late < batch.size else -math.inf
         if lane is not None:
             behind = self._lanes[lane]
@@ -564,7 +578,12 @@ class TumblingWindows:
     def _horizon_windows(self) -> list[tuple[float, WindowProfile]]:
         """Every horizon window being filled: current, held back and ahead."""
         return [*((h, acc) for h, acc in self._horizons.items() if acc is not None), *self._held,
-                *self._ahead.items()]
+                *self._ahead]
+
+    def _horizon_parts(self) -> list[tuple[float, WindowProfile]]:
+        """Those and the lanes' horizon windows: every horizon part a checkpoint describes."""
+        return [*self._horizon_windows(),
+                *((h, acc) for lane in self._lanes.values() for h, acc in lane.horizons.items() if acc is not None)]
 
     def _rebuild_horizons(self, batch: DecodedBatch, index: np.ndarray, origin: Origin,
                           closed_rows: np.ndarray) -> None:
@@ -580,6 +599,8 @@ class TumblingWindows:
             mine = rows & (origin.partitions == p)
             for bucket in np.intersect1d(index[mine], list(late)).tolist():
                 rows &= ~(mine & (index == bucket) & (origin.offsets >= late[bucket]))
+        for p, first in self._rebuild_from.items():  # (its buckets before: handed out already)
+            rows &= ~((origin.partitions == p) & (index < first))
         for horizon, acc in self._horizon_windows():
             period = round(acc.start / horizon)
             mine = rows & (np.floor(index * self.size / horizon + 1e-9) == period)
@@ -593,6 +614,9 @@ class TumblingWindows:
             if mine.any():
                 acc.add_batch(batch.select(mine))
                 _note_first_offsets(acc, origin, mine)
+                for p in named:
+                    first = int(index[mine & (origin.partitions == p)].min(initial=np.iinfo(np.int64).max))
+                    acc.first_buckets[p] = min(first, acc.first_buckets.get(p, first))
 
     def _decide_floors(self, index: np.ndarray, origin: Origin) -> None:
         """A partition adopted without a known floor (its previous reader's commit carried
@@ -655,9 +679,8 @@ class TumblingWindows:
                 if acc is not None and acc.end <= mark:
                     horizons.append((horizon, acc))
                     self._horizons[horizon] = None
-            for horizon, acc in list(self._ahead.items()):
-                if acc.end <= mark:
-                    horizons.append((horizon, self._ahead.pop(horizon)))
+            horizons.extend((h, acc) for h, acc in self._ahead if acc.end <= mark)
+            self._ahead = [(h, acc) for h, acc in self._ahead if acc.end > mark]
             self._held.extend(horizons)
             if not self._side:  # (a window restored empty that nothing was read again into: dropped)
                 out.extend((h, w) for h, w in self._held if w.events)
@@ -684,20 +707,32 @@ class TumblingWindows:
                     w.partitions = (p,)
                     out.append((self.size, w))
                     for horizon in lane.horizons:
-                        out.extend((horizon, acc) for acc in self._roll(lane.horizons, horizon, w))
+                        for done in self._roll(lane.horizons, horizon, w):
+                            out.extend(self._lane_horizon_closed(horizon, done))
                     self._closed_floor[p] = max(self._closed_floor.get(p, -math.inf), index)
                 for horizon, acc in lane.horizons.items():
                     if acc is not None and acc.end <= mark:
-                        out.append((horizon, acc))
+                        out.extend(self._lane_horizon_closed(horizon, acc))
                         lane.horizons[horizon] = None
             if (self._closed_floor.get(p, -math.inf) >= self._last_closed_index
                     and lane.max_event_time >= self._max_event_time - self.lateness / 2):
                 self._merge_lane(p)
         return out
 
+    def _lane_horizon_closed(self, horizon: float, acc: WindowProfile) -> list[tuple[float, WindowProfile]]:
+        """A lane's horizon window has closed: handed out as a share, unless this process
+        still fills a window of that period (the lane partition's part handed over to it, held
+        back while it is rebuilt): then it joins that one, so that the partition's part of a
+        period is in one window (and one handover) only."""
+        for h, mine in self._horizon_windows():
+            if h == horizon and mine.start == acc.start:
+                mine.merge(acc)
+                return []
+        return [(horizon, acc)]
+
     def _prune_late(self) -> None:
         """Keep the late offsets of the buckets of horizon windows still being filled."""
-        oldest = min((round(acc.start / self.size) for _, acc in self._horizon_windows()), default=math.inf)
+        oldest = min((round(acc.start / self.size) for _, acc in self._horizon_parts()), default=math.inf)
         for p, late in list(self._late_from.items()):
             kept = {b: o for b, o in late.items() if b >= oldest}
             if kept:
@@ -740,17 +775,25 @@ class TumblingWindows:
                    *(w for lane in self._lanes.values() for w in lane.open.values())]
         # (only count windows wait there: time windows close and are handed out in one step)
         closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
-        horizons = [acc for _, acc in self._horizon_windows()]
-        periods = tuple(sorted((h, round(acc.start / h)) for h, acc in self._horizon_windows()))
+        horizons = self._horizon_parts()
+        every_period = {(h, round(acc.start / h)) for h, acc in horizons}
         partitions = {}
         for p, pos in self._positions.items():
             if p in self._floor_from_first:
                 continue  # nothing known yet: its committed offset stays, and tells the next reader
             firsts = [w.first_offsets[p] for w in pending if p in w.first_offsets]
             mark = self._marks.get(p)
-            in_horizons = [acc.first_offsets[p] for acc in horizons if p in acc.first_offsets]
-            if mark is not None and mark.horizons_from is not None and p in self._rebuild:
-                in_horizons.append(mark.horizons_from)
+            # the horizon windows holding a part of p (those of other periods were handed
+            # out with p's part in them, or it had none there), and where its part begins
+            in_horizons = [acc.first_offsets[p] for _, acc in horizons if p in acc.first_offsets]
+            periods = {(h, round(acc.start / h)) for h, acc in horizons if p in acc.first_offsets}
+            first_buckets = [acc.first_buckets.get(p, -math.inf) for _, acc in horizons if p in acc.first_offsets]
+            if p in self._rebuild:  # (and what is being read again into them)
+                periods.update(self._rebuild_periods.get(p, every_period))
+                first_buckets.append(self._rebuild_from.get(p, -math.inf))
+                if mark is not None and mark.horizons_from is not None:
+                    in_horizons.append(mark.horizons_from)
+            first_bucket = min(first_buckets, default=-math.inf)  # (-inf: not known, none left out)
             if p in self._side:
                 in_horizons.append(self._side[p][0])
             floor = self._closed_floor.get(p, -math.inf)
@@ -762,8 +805,9 @@ class TumblingWindows:
                 # (while replaying, reading may have begun before replay_from: horizons_from)
                 replay_from=min(firsts, default=pos) if mark is None else min([mark.replay_from, *firsts]),
                 position=pos if mark is None else max(pos, mark.position),
-                closed=part_closed, horizons_from=min(in_horizons, default=None), periods=periods,
-                late=tuple(sorted(self._late_from.get(p, {}).items())), handover=self.handover).to_json()
+                closed=part_closed, horizons_from=min(in_horizons, default=None), periods=tuple(sorted(periods)),
+                late=tuple(sorted(self._late_from.get(p, {}).items())), handover=self.handover,
+                first_bucket=None if first_bucket == -math.inf else int(first_bucket)).to_json()
         state: dict[str, Any] = {
             "kind": self.kind, "closed_index": closed, "count_index": self._count_index - len(self._closed),
             "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
@@ -831,7 +875,10 @@ class TumblingWindows:
             if mark.horizons_from is not None and not (self._horizons_restored or mark.handover):
                 mark = replace(mark, horizons_from=None)  # its part stayed with its previous reader
             self._rebuild_periods.pop(partition, None)
+            self._rebuild_from.pop(partition, None)
             if mark.horizons_from is not None:
+                if mark.first_bucket is not None:
+                    self._rebuild_from[partition] = mark.first_bucket
                 if mark.late:
                     self._late_from[partition] = dict(mark.late)
                 if mark.periods:
@@ -861,7 +908,7 @@ class TumblingWindows:
 
     def _maybe_hand_over(self) -> None:
         if self._handover_wanted and not self.handover:
-            held = {p for _, acc in self._horizon_windows() for p in acc.first_offsets}
+            held = {p for _, acc in self._horizon_parts() for p in acc.first_offsets}
             self.handover = held <= set(self._positions)
 
     def _open_periods(self, periods: tuple[tuple[float, int], ...]) -> None:
@@ -874,18 +921,21 @@ class TumblingWindows:
                 continue
             acc = self._new(period * h, (period + 1) * h)
             current = self._horizons[h]
+            if current is None and self._last_closed_index == -math.inf:
+                # nothing closed here yet: which period the first bucket closed here is in
+                # depends on every partition's floor; the watermark hands past ones out
+                self._ahead.append((h, acc))
+                continue
             if current is not None:
                 now = round(current.start / h)
-            elif self._last_closed_index == -math.inf:
-                now = period
             else:
                 now = round(self._period_start(self._last_closed_index + 1, h) / h)
             if period == now and current is None:
                 self._horizons[h] = acc
             elif period < now:
                 self._held.append((h, acc))
-            elif h not in self._ahead:
-                self._ahead[h] = acc
+            else:
+                self._ahead.append((h, acc))
 
     def _replayed(self, partition: int) -> None:
         """The partition has been read up to its mark's position (caller holds the lock)."""
@@ -962,14 +1012,17 @@ class TumblingWindows:
             self._marks.clear()
             self._closed_floor.clear()
             self._floor_from_first.clear()
-            for lane in self._lanes.values():  # their horizon windows so far, as shares
-                self._shares_due.extend((h, acc) for h, acc in lane.horizons.items() if acc is not None)
+            rebuilt = self._horizons_restored or self.handover  # (the horizon windows: below)
+            if not rebuilt:
+                for lane in self._lanes.values():  # their horizon windows so far, as shares
+                    self._shares_due.extend((h, acc) for h, acc in lane.horizons.items() if acc is not None)
             self._lanes.clear()
             self._rebuild.clear()
             self._rebuild_periods.clear()
+            self._rebuild_from.clear()
             self._side.clear()
             self._side_generation += 1  # the readers of those ranges stop
-            if self._horizons_restored or self.handover:
+            if rebuilt:
                 # Each partition's part of the horizon windows goes with it: emptied here and
                 # rebuilt, from its mark, by whoever reads it now (this process too, for the
                 # partitions it gets). Without handover (the broker drops commit metadata) the
@@ -1004,6 +1057,7 @@ class TumblingWindows:
             self._floor_from_first.clear()
             self._rebuild.clear()
             self._rebuild_periods.clear()
+            self._rebuild_from.clear()
             self._side.clear()
             self._side_generation += 1
             self._late_from.clear()
@@ -1024,9 +1078,9 @@ class TumblingWindows:
             closed.append(acc)  # (dropped later if empty: see close_and_checkpoint)
             acc = None
         if acc is None:
-            ahead = self._ahead.get(horizon) if accs is self._horizons else None
-            if ahead is not None and ahead.start == period * horizon:
-                acc = self._ahead.pop(horizon)
+            waiting = [i for i, (h, w) in enumerate(self._ahead) if h == horizon and w.start == period * horizon]
+            if waiting and accs is self._horizons:
+                acc = self._ahead.pop(waiting[0])[1]
             else:
                 acc = self._new(period * horizon, (period + 1) * horizon)
         acc.merge(bucket)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from driftline.service.drift import ColumnKind
 from driftline.service.window import NumericalValues, PartitionMark, TumblingWindows, WindowProfile
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 KINDS = (ColumnKind.NUMERICAL, ColumnKind.CATEGORICAL)
@@ -578,6 +578,9 @@ def test_a_partition_behind_adds_its_share_of_the_horizon_windows(seed: int, joi
     assert shares == {20.0, 60.0, 100.0}, "partition 2 was not behind the closed windows"
 
 
+lanes_at_leave: list[bool] = []  # (how often B had lanes when it left: see the test below)
+
+
 def _own_mark(state: dict[str, Any], p: int) -> PartitionMark:
     """Partition p's mark in this process's own checkpoint."""
     return PartitionMark.from_json(state["partitions"][str(p)])
@@ -595,18 +598,29 @@ def _through_commit(state: dict[str, Any], p: int) -> PartitionMark:
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), join=st.integers(2, 14), stay=st.integers(1, 14),
-       side_after=st.integers(0, 16), lost=st.integers(0, 6), crash=st.booleans())
+       side_after=st.integers(0, 16), lost=st.integers(0, 6), crash=st.booleans(), more=st.integers(0, 30),
+       pace=st.integers(10, 60))
+# cases that failed once: a late record of one partition sharing a bucket index with on-time
+# records of another; a lane's horizon window closing while the partition's handed-over part
+# of that period waits; a new process given several periods at once
+@example(seed=0, join=2, stay=4, side_after=0, lost=0, crash=False, more=0, pace=25)
+@example(seed=1, join=2, stay=3, side_after=4, lost=0, crash=False, more=0, pace=25)
+@example(seed=96, join=5, stay=1, side_after=12, lost=0, crash=False, more=0, pace=25)
+@example(seed=1, join=2, stay=12, side_after=0, lost=0, crash=False, more=4, pace=14)  # lanes when B leaves
 def test_horizon_parts_follow_their_partitions_when_processes_join_and_leave(
-        seed: int, join: int, stay: int, side_after: int, lost: int, crash: bool) -> None:
+        seed: int, join: int, stay: int, side_after: int, lost: int, crash: bool, more: int, pace: int) -> None:
     """The broker keeps commit metadata (real Kafka), so each partition's part of the open
     horizon windows goes with it (`PartitionMark.handover`). A reads three partitions; B
     joins and takes partition 2 (A empties its horizon windows and rebuilds those of 0 and
-    1, B rebuilds 2's part from A's commit); then A leaves for good, or crashes having read
-    `lost` batches past its last commit, and B takes 0 and 1 with A's last commit. Second
-    readers run after `side_after` of the consumers' batches.
+    1, B rebuilds 2's part from A's commit) and reads it `pace` records a batch (A reads 25
+    of 0 and 1 together); then A leaves for good, or crashes having read
+    `lost` batches past its last commit, and B takes 0 and 1 with A's last commit; `more`
+    batches later B leaves too (0 and 1 may be in lanes of their own there, B being ahead on
+    2), and C takes all three. Second readers run after `side_after` of the consumers' batches.
 
-    Per (horizon, window start), all windows A and B handed out hold the events and values
-    of a single process: nothing of A's part is lost when it leaves, nothing counted twice."""
+    Per (horizon, window start), all windows A, B and C handed out hold the events and
+    values of a single process: nothing of a part is lost when its process leaves, nothing
+    counted twice."""
     decoder = _decoder()
     lateness = 60.0
     events = _stream(seed, partitions=3, n=900)
@@ -653,7 +667,7 @@ def test_horizon_parts_follow_their_partitions_when_processes_join_and_leave(
             _feed_side(a, events, decoder)
             _feed_side(b, events, decoder)
         step(a, qa, 25, a_out)
-        step(b, qb, 25, b_out)
+        step(b, qb, pace, b_out)
     # A leaves (its commit on revoke) or crashes (its last commit, then `lost` batches read and closed for nothing)
     state = a.checkpoint()
     for _ in range(lost if crash else 0):
@@ -666,13 +680,25 @@ def test_horizon_parts_follow_their_partitions_when_processes_join_and_leave(
     for _ in range(side_after + 1):
         step(b, qb, 25, b_out)
     _feed_side(b, events, decoder)
-    while qb:
+    for _ in range(more):  # 0 and 1 in lanes of their own at B, maybe, if it is ahead on 2
         step(b, qb, 25, b_out)
+    # B leaves too: C takes all three with B's commit
+    lanes_at_leave.append(bool(b._lanes))
+    state = b.checkpoint()
+    b.release()
+    c, c_out = new(), []
+    taken = {p: c.adopt(p, _through_commit(state, p), _own_mark(state, p).replay_from) or 0 for p in (0, 1, 2)}
+    qc = reading(taken)
+    for _ in range(side_after + 1):
+        step(c, qc, 25, c_out)
+    _feed_side(c, events, decoder)
+    while qc:
+        step(c, qc, 25, c_out)
     for _ in range(3):
-        step(b, qb, 25, b_out)
+        step(c, qc, 25, c_out)
 
-    assert _by_horizon_window(a_out + b_out) == _by_horizon_window(want)
-    assert b.side_reads() == {} and b.open_events() == steady.open_events()
+    assert _by_horizon_window(a_out + b_out + c_out) == _by_horizon_window(want)
+    assert c.side_reads() == {} and c.open_events() == steady.open_events()
     assert sum(w.events for h, w in want if h == 60.0) == len(events) - 3  # (the far-ahead events stay open)
 
 
@@ -728,3 +754,17 @@ def test_the_checkpoint_keeps_each_partitions_first_late_offset_per_bucket_of_op
     w.add((0.0, "a"), 1100.0, None, None)  # the horizon window [1020, 1080) closes
     closed(w)
     assert "late" not in w.checkpoint()["partitions"]["0"]
+
+
+def test_a_late_record_sharing_a_bucket_with_on_time_records_of_another_partition_stays_out() -> None:
+    """Partition 2 comes with windows up to [1060, 1080) closed by its previous reader,
+    partition 0 with none. In one batch, an event of 0 and one of 2 both fall in [1060,
+    1080): 0's is on time and counted, 2's was in the previous reader's window and stays out
+    (an earlier version took every record of the bucket's index once one was on time)."""
+    decoder = _decoder()
+    w = time_windows(FakeClock(0.0), size=20, lateness=60)
+    w.adopt(0, PartitionMark(0, 1, None), 0)
+    w.adopt(2, PartitionMark(52, 54, 53), 52)
+    _feed(w, [(0, 0, 1061.0, 1.0, "a"), (2, 52, 1080.1, 2.0, "a"), (2, 53, 1077.6, 3.0, "a")], decoder)
+    _feed(w, [(0, 1, 2000.0, 9.0, "a")], decoder)  # far ahead: both windows close
+    assert [(p.start, sorted(p.numerical[0].values)) for p in closed(w)] == [(1060.0, [1.0]), (1080.0, [2.0])]
