@@ -383,6 +383,11 @@ class PartitionMark:
 MAX_METADATA_BYTES = 3000  # below Kafka's default offset.metadata.max.bytes (4096)
 
 
+def _period_of(window: WindowProfile, horizon: float) -> int:
+    """The period index of a horizon window (it starts at period * horizon)."""
+    return round(window.start / horizon)
+
+
 def _undelta(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """(bucket, offset) pairs from `PartitionMark.to_json`'s flat differences."""
     pairs = np.cumsum(np.asarray(flat, dtype=np.int64).reshape(-1, 2), axis=0)
@@ -602,8 +607,8 @@ class TumblingWindows:
         for p, first in self._rebuild_from.items():  # (its buckets before: handed out already)
             rows &= ~((origin.partitions == p) & (index < first))
         for horizon, acc in self._horizon_windows():
-            period = round(acc.start / horizon)
-            mine = rows & (np.floor(index * self.size / horizon + 1e-9) == period)
+            period = _period_of(acc, horizon)
+            mine = rows & (self._period(index, horizon) == period)
             if not mine.any():
                 continue
             # only into the windows the partition's mark named: its previous reader had
@@ -757,7 +762,7 @@ class TumblingWindows:
             mine = self._horizons.get(horizon)
             if mine is not None and mine.start == acc.start:
                 mine.merge(acc)
-            elif mine is None and acc.start == self._period_start(self._last_closed_index + 1, horizon):
+            elif mine is None and _period_of(acc, horizon) == self._period(self._last_closed_index + 1, horizon):
                 acc.partitions = None  # the period the process's next bucket rolls into
                 self._horizons[horizon] = acc
             else:
@@ -776,7 +781,7 @@ class TumblingWindows:
         # (only count windows wait there: time windows close and are handed out in one step)
         closed = None if self._last_closed_index == -math.inf else int(self._last_closed_index)
         horizons = self._horizon_parts()
-        every_period = {(h, round(acc.start / h)) for h, acc in horizons}
+        every_period = {(h, _period_of(acc, h)) for h, acc in horizons}
         partitions = {}
         for p, pos in self._positions.items():
             if p in self._floor_from_first:
@@ -786,7 +791,7 @@ class TumblingWindows:
             # the horizon windows holding a part of p (those of other periods were handed
             # out with p's part in them, or it had none there), and where its part begins
             in_horizons = [acc.first_offsets[p] for _, acc in horizons if p in acc.first_offsets]
-            periods = {(h, round(acc.start / h)) for h, acc in horizons if p in acc.first_offsets}
+            periods = {(h, _period_of(acc, h)) for h, acc in horizons if p in acc.first_offsets}
             first_buckets = [acc.first_buckets.get(p, -math.inf) for _, acc in horizons if p in acc.first_offsets]
             if p in self._rebuild:  # (and what is being read again into them)
                 periods.update(self._rebuild_periods.get(p, every_period))
@@ -813,7 +818,7 @@ class TumblingWindows:
             "max_event_time": None if self._max_event_time == -math.inf else self._max_event_time,
             "partitions": partitions}
         if self._horizons:
-            state["horizons"] = {repr(h): None if acc is None else round(acc.start / h)
+            state["horizons"] = {repr(h): None if acc is None else _period_of(acc, h)
                                  for h, acc in self._horizons.items()}
         return state
 
@@ -917,7 +922,7 @@ class TumblingWindows:
         (then handed out); one it has not reached yet waits ahead for its buckets."""
         for h, period in periods:
             if h not in self._horizons or any(
-                    hh == h and round(acc.start / h) == period for hh, acc in self._horizon_windows()):
+                    hh == h and _period_of(acc, h) == period for hh, acc in self._horizon_windows()):
                 continue
             acc = self._new(period * h, (period + 1) * h)
             current = self._horizons[h]
@@ -926,10 +931,7 @@ class TumblingWindows:
                 # depends on every partition's floor; the watermark hands past ones out
                 self._ahead.append((h, acc))
                 continue
-            if current is not None:
-                now = round(current.start / h)
-            else:
-                now = round(self._period_start(self._last_closed_index + 1, h) / h)
+            now = _period_of(current, h) if current is not None else self._period(self._last_closed_index + 1, h)
             if period == now and current is None:
                 self._horizons[h] = acc
             elif period < now:
@@ -1064,16 +1066,18 @@ class TumblingWindows:
             for w in (*self._open.values(), *(acc for _, acc in self._horizon_windows())):
                 w.first_offsets.clear()
 
-    def _period_start(self, index: float, horizon: float) -> float:
-        """Where the period of `horizon` that holds bucket `index` begins."""
-        return math.floor(index * self.size / horizon + 1e-9) * horizon
+    def _period(self, index: Any, horizon: float) -> Any:
+        """The period of `horizon` (epoch-aligned) that holds bucket `index` (or each of an
+        array of them)."""
+        periods = np.floor(np.asarray(index, dtype=np.float64) * self.size / horizon + 1e-9).astype(np.int64)
+        return int(periods) if periods.ndim == 0 else periods
 
     def _roll(self, accs: dict[float, WindowProfile | None], horizon: float,
               bucket: WindowProfile) -> list[WindowProfile]:
         """Merge a closed bucket into `accs`' window of `horizon`; the windows this closes."""
         closed = []
         acc = accs[horizon]
-        period = math.floor(bucket.start / horizon + 1e-9)
+        period = int(self._period(round(bucket.start / self.size), horizon))
         if acc is not None and acc.start != period * horizon:
             closed.append(acc)  # (dropped later if empty: see close_and_checkpoint)
             acc = None
