@@ -20,8 +20,8 @@ import tracemalloc
 from dataclasses import dataclass
 
 from driftline.collectors.kafka import LETTER_OVERHEAD_BYTES, DeadLetters, Polled
-from driftline.collectors.local_broker import LocalBroker
 from driftline.service.config import KafkaSettings
+from driftline.service.demo.broker import LocalBroker
 
 
 @dataclass

@@ -27,8 +27,8 @@ import pandas as pd
 from driftline.service.config import MonitorSettings
 from driftline.service.drift import METHODS, ColumnKind
 from driftline.service.evaluation import evaluate_window
+from driftline.service.profile import WindowProfile
 from driftline.service.reference import build_profile
-from driftline.service.window import WindowProfile
 
 N_NUM, N_CAT = 20, 5
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from driftline.collectors.kafka import KafkaSource
-from driftline.collectors.local_broker import LocalBroker
 from driftline.service.config import MonitorSettings
+from driftline.service.demo.broker import LocalBroker
 from driftline.service.metrics import DriftlineMetrics
 from driftline.service.monitor import Monitor
 from driftline.service.reference import build_profile, save_profile

@@ -30,9 +30,9 @@ import uuid
 from pathlib import Path
 
 import yaml
-from driftline.collectors.local_broker import LocalBroker
 from driftline.service.app import Service
 from driftline.service.config import load_settings
+from driftline.service.demo.broker import LocalBroker
 from driftline.service.demo.traffic import TrafficModel, encode, monitor_config, write_training_data
 from driftline.service.reference import build_profile, save_profile
 

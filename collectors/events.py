@@ -2,13 +2,16 @@
 
 A record either becomes an `Event` (feature values in the monitor's feature order, None
 where a feature is missing) or raises `InvalidEvent` with one of `INVALID_REASONS`, the
-label values of `driftline_events_invalid_total{reason}`. A missing feature is not an
-invalid event: it is counted toward `driftline_feature_missing_ratio`.
+label values of `driftline_events_invalid_total{reason}`, and a detail that says what was
+wrong without quoting a value (details are logged and shown in the API). A missing feature
+is not an invalid event: it is counted toward `driftline_feature_missing_ratio`.
+
+`EventDecoder.decode` is the one definition of what is valid; `decode_batch` decodes a
+whole poll at once (collectors/batch.py) and gives the same events and reasons.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections import Counter
@@ -17,10 +20,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-import orjson
-from driftline.service.config import EventSchema
-from driftline.service.drift import ColumnKind
-from driftline.service.reference import category_label
+
+from .schema import ColumnKind, EventSchema, category_label
 
 INVALID_REASONS = (
     "oversized",          # more bytes than event.max_event_bytes
@@ -40,10 +41,16 @@ MAX_FUTURE_SKEW_SECONDS = 300.0
 
 
 class InvalidEvent(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
+    """Why a record is not an event. `feature`: the index of the feature at fault (a value
+    of the wrong type), with the event's time when it could be read (NaN otherwise)."""
+
+    def __init__(self, reason: str, detail: str = "", feature: int | None = None,
+                 event_time: float = math.nan) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.feature = feature
+        self.event_time = event_time
 
 
 class Event(NamedTuple):
@@ -61,6 +68,23 @@ MISSING = float("nan")
 _LATENCY_SCALE = {"s": 1.0, "ms": 0.001, "us": 0.000001}
 
 
+def json_type(value: Any) -> str:
+    """A value's JSON type, as a detail may name it (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def _get(obj: Any, parts: tuple[str, ...]) -> Any:
     for part in parts:
         if not isinstance(obj, dict):
@@ -74,14 +98,14 @@ def _get(obj: Any, parts: tuple[str, ...]) -> Any:
 def _number(value: Any) -> float:
     if type(value) is float:
         if value - value != 0.0:  # nan or ±inf, faster than math.isfinite
-            raise InvalidEvent("non_finite")
+            raise InvalidEvent("non_finite", "NaN or infinite")
         return value
     if type(value) is int:
         try:
             return float(value)
         except OverflowError:
-            raise InvalidEvent("non_finite") from None
-    raise InvalidEvent("wrong_type")
+            raise InvalidEvent("non_finite", "a number beyond a float's range") from None
+    raise InvalidEvent("wrong_type", f"expected a number, got {json_type(value)}")
 
 
 def _category(value: Any) -> str:
@@ -91,13 +115,13 @@ def _category(value: Any) -> str:
         return category_label(value)
     if type(value) is float:
         if not math.isfinite(value):
-            raise InvalidEvent("non_finite")
+            raise InvalidEvent("non_finite", "NaN or infinite")
         return category_label(value)
-    raise InvalidEvent("wrong_type")
+    raise InvalidEvent("wrong_type", f"expected text or a number, got {json_type(value)}")
 
 
 class EventDecoder:
-    """Decodes one monitor's events. Build it once; `decode` is the hot path."""
+    """Decodes one monitor's events. Build it once; `decode_batch` is the hot path."""
 
     def __init__(self, schema: EventSchema, kinds: dict[str, ColumnKind],
                  prediction_kind: ColumnKind | None = None) -> None:
@@ -116,6 +140,7 @@ class EventDecoder:
         self._version = schema.model_version.parts if schema.model_version else None
         self._max_bytes = schema.max_event_bytes
         self._known = self._known_tree() if schema.unknown_fields == "reject" else None
+        self._batch: Any = None
 
     def _known_tree(self) -> dict[str, Any]:
         """Nested dict of every configured path; a leaf (None) accepts anything below it."""
@@ -134,91 +159,122 @@ class EventDecoder:
                 node[parts[-1]] = None
         return tree
 
-    def _check_known(self, obj: dict[str, Any], tree: dict[str, Any]) -> None:
+    def _check_known(self, obj: dict[str, Any], tree: dict[str, Any], prefix: str = "") -> None:
         for key, value in obj.items():
             if key not in tree:
-                raise InvalidEvent("unknown_field", key)
+                # a key is schema, not data: naming it (shortened) tells the user what to allow
+                raise InvalidEvent("unknown_field", f"{prefix}{key[:64]} (not in the event schema)")
             sub = tree[key]
             if sub is not None and isinstance(value, dict):
-                self._check_known(value, sub)
+                self._check_known(value, sub, f"{prefix}{key[:64]}.")
 
     def decode(self, raw: bytes | None, record_timestamp_ms: int | None, now: float) -> Event:
         if raw is None:
             raise InvalidEvent("invalid_json", "empty record")
         if len(raw) > self._max_bytes:
-            raise InvalidEvent("oversized")
+            raise InvalidEvent("oversized", f"{len(raw):,} bytes, over event.max_event_bytes ({self._max_bytes:,})")
         try:
             text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidEvent("invalid_encoding") from None
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent("invalid_encoding", f"not UTF-8 (byte {exc.start})") from None
         try:
             obj = json.loads(text)
-        except (ValueError, RecursionError):
-            raise InvalidEvent("invalid_json") from None
+        except RecursionError:
+            raise InvalidEvent("invalid_json", "nested deeper than the parser allows") from None
+        except ValueError as exc:
+            raise InvalidEvent("invalid_json", getattr(exc, "msg", "not JSON") + (
+                f" at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "")) from None
         if type(obj) is not dict:
-            raise InvalidEvent("not_an_object")
+            raise InvalidEvent("not_an_object", f"the record is {json_type(obj)}, not an object")
         if self._known is not None:
             self._check_known(obj, self._known)
 
         values: list[float | str | None] = []
-        for parts, convert in self._features:
+        for i, (parts, convert) in enumerate(self._features):
             v = _get(obj, parts)
-            values.append(None if v is _MISSING or v is None else convert(v))
+            if v is _MISSING or v is None:
+                values.append(None)
+                continue
+            try:
+                values.append(convert(v))
+            except InvalidEvent as exc:
+                raise self._feature_error(i, exc, obj, record_timestamp_ms, now) from None
 
+        event_time = self._event_time(obj, record_timestamp_ms, now)
+        prediction: float | str | None = None
+        if self._prediction is not None:
+            p = _get(obj, self._prediction[0])
+            prediction = None if p is _MISSING or p is None else self._field(self._prediction[1], p, "prediction")
+        latency: float | None = None
+        if self._latency is not None:
+            lat = _get(obj, self._latency[0])
+            if lat is not _MISSING and lat is not None:
+                latency = self._field(_number, lat, "latency") * self._latency[1]
+                if latency < 0:
+                    raise InvalidEvent("wrong_type", "latency: negative")
+        version: str | None = None
+        if self._version is not None:
+            ver = _get(obj, self._version)
+            if ver is not _MISSING and ver is not None:
+                version = self._field(_category, ver, "model_version")
+        return Event(tuple(values), event_time, prediction, latency, version)
+
+    @staticmethod
+    def _field(convert: Any, value: Any, name: str) -> Any:
+        try:
+            return convert(value)
+        except InvalidEvent as exc:
+            raise InvalidEvent(exc.reason, f"{name}: {exc.detail}") from None
+
+    def _feature_error(self, i: int, exc: InvalidEvent, obj: dict[str, Any], record_timestamp_ms: int | None,
+                       now: float) -> InvalidEvent:
+        """The error of feature i, with the event's time if it can be read (a type change is
+        counted in the window of its event)."""
+        try:
+            t = self._event_time(obj, record_timestamp_ms, now)
+        except InvalidEvent:
+            t = math.nan
+        return InvalidEvent(exc.reason, f"feature {self.feature_names[i]}: {exc.detail}", i, t)
+
+    def _event_time(self, obj: dict[str, Any], record_timestamp_ms: int | None, now: float) -> float:
         if self._time_parts is not None:
             raw_time = _get(obj, self._time_parts)
             if raw_time is _MISSING or raw_time is None:
-                raise InvalidEvent("missing_field", self.schema.event_time.path)  # type: ignore[union-attr]
+                raise InvalidEvent("missing_field", f"{self.schema.event_time.path} (the event time)")  # type: ignore[union-attr]
             event_time = self._parse_time(raw_time)
         elif record_timestamp_ms is not None and record_timestamp_ms >= 0:
             event_time = record_timestamp_ms / 1000.0
         else:
             event_time = now
         if event_time > now + MAX_FUTURE_SKEW_SECONDS:
-            raise InvalidEvent("bad_timestamp", "in the future")
-
-        prediction: float | str | None = None
-        if self._prediction is not None:
-            p = _get(obj, self._prediction[0])
-            prediction = None if p is _MISSING or p is None else self._prediction[1](p)
-        latency: float | None = None
-        if self._latency is not None:
-            lat = _get(obj, self._latency[0])
-            if lat is not _MISSING and lat is not None:
-                latency = _number(lat) * self._latency[1]
-                if latency < 0:
-                    raise InvalidEvent("wrong_type", "negative latency")
-        version: str | None = None
-        if self._version is not None:
-            ver = _get(obj, self._version)
-            if ver is not _MISSING and ver is not None:
-                version = _category(ver)
-        return Event(tuple(values), event_time, prediction, latency, version)
+            raise InvalidEvent("bad_timestamp", f"more than {MAX_FUTURE_SKEW_SECONDS:.0f} s in the future")
+        return event_time
 
     def decode_batch(self, raws: list[bytes | None], record_ts_ms: list[int | None] | None,
                      now: float) -> DecodedBatch:
         """Decode one poll's records at once (the service's hot path); see BatchDecoder."""
-        batch = self.__dict__.get("_batch")
-        if batch is None:
-            batch = self.__dict__["_batch"] = BatchDecoder(self)
-        return batch.decode_batch(raws, record_ts_ms, now)
+        if self._batch is None:
+            from .batch import BatchDecoder
+
+            self._batch = BatchDecoder(self)
+        return self._batch.decode_batch(raws, record_ts_ms, now)  # type: ignore[no-any-return]
 
     def _parse_time(self, value: Any) -> float:
         fmt = self._time.format  # type: ignore[union-attr]
         if fmt == "iso8601":
             if type(value) is not str:
-                raise InvalidEvent("bad_timestamp", "expected an ISO-8601 string")
+                raise InvalidEvent("bad_timestamp", f"expected an ISO-8601 string, got {json_type(value)}")
             try:
                 dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                raise InvalidEvent("bad_timestamp") from None
+                raise InvalidEvent("bad_timestamp", "not an ISO-8601 date and time") from None
             if dt.tzinfo is None:
-                raise InvalidEvent("bad_timestamp", "no time zone")
+                raise InvalidEvent("bad_timestamp", "ISO-8601 time without a time zone (add Z or +hh:mm)")
             return dt.timestamp()
         try:
             seconds = _number(value)
-        except InvalidEvent:
-            raise InvalidEvent("bad_timestamp") from None
+        except InvalidEvent as exc:
+            raise InvalidEvent("bad_timestamp", f"{fmt}: {exc.detail}") from None
         if fmt == "epoch_millis":
             seconds /= 1000.0
         if seconds < 0:
@@ -244,6 +300,8 @@ class DecodedBatch:
     invalid: Counter[str] = field(default_factory=Counter)
     # the invalid records: (position in the poll, reason, detail), in record order
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    # records rejected for a feature of the wrong type: (feature index, event time or NaN)
+    type_errors: list[tuple[int, float]] = field(default_factory=list)
 
     def select(self, rows: np.ndarray) -> DecodedBatch:
         """The events at these positions (a boolean mask or sorted indices)."""
@@ -260,295 +318,3 @@ class DecodedBatch:
         return DecodedBatch(len(pick), {k: v[idx] for k, v in self.numerical.items()},
                             {k: take(v) for k, v in self.categorical.items()}, self.event_time[idx],
                             take(self.prediction), take(self.latency), take(self.model_version))
-
-
-_NUMBER_TYPES = frozenset({float, int})
-_FLOAT_ONLY = frozenset({float})
-_LABEL_TYPES = frozenset({str, float})  # float: only the MISSING sentinel on the fast path
-
-
-class BatchDecoder:
-    """The columnar fast path of `EventDecoder`: decodes a whole poll at once.
-
-    A row takes the fast path only when it is plainly valid: strict JSON (RFC 8259, UTF-8,
-    as orjson parses it: no NaN/Infinity literals, no BOM, no lone surrogates), an object
-    whose containers hold known keys only, numbers where numbers are expected, text where
-    labels are. Every other row is decoded by
-    `EventDecoder.decode`, the one definition of what is valid and why not, so both
-    paths give the same events and the same reasons (tests hold them to it).
-
-    Every configured path is read through its parent container: each container is
-    looked up once per event, checked for unknown keys with one set comparison, and
-    read with one `map(container.get, leaves)`.
-    """
-
-    def __init__(self, decoder: EventDecoder) -> None:
-        self.d = decoder
-        schema = decoder.schema
-        fields: list[tuple[tuple[str, ...], str]] = [(spec.parts, f"f{i}")
-                                                     for i, spec in enumerate(schema.features.values())]
-        for name, spec in (("time", schema.event_time), ("prediction", schema.prediction),
-                           ("latency", schema.latency), ("version", schema.model_version)):
-            if spec is not None:
-                fields.append((spec.parts, name))
-        by_parent: dict[tuple[str, ...], list[tuple[str, str]]] = {}
-        for parts, target in fields:
-            by_parent.setdefault(parts[:-1], []).append((parts[-1], target))
-        known = self._container_keys(decoder._known) if decoder._known is not None else {}
-        # (parent path, its known keys or None, leaves, targets, holds a feature)
-        self._slots = [(parent, known.get(parent), tuple(leaf for leaf, _ in members),
-                        [t for _, t in members], any(t.startswith("f") for _, t in members))
-                       for parent, members in by_parent.items()]
-        self._other_containers = [(path, keys) for path, keys in known.items() if path not in by_parent]
-        self._n_features = len(decoder.feature_names)
-        self._numerical = {i for i, (_, conv) in enumerate(decoder._features) if conv is _number}
-        self._pred = decoder._prediction
-        self._lat = decoder._latency
-        self._has_time = decoder._time_parts is not None
-        self._has_version = decoder._version is not None
-
-    @staticmethod
-    def _container_keys(tree: dict[str, Any]) -> dict[tuple[str, ...], frozenset[str]]:
-        out: dict[tuple[str, ...], frozenset[str]] = {}
-
-        def walk(node: dict[str, Any], path: tuple[str, ...]) -> None:
-            out[path] = frozenset(node)
-            for key, sub in node.items():
-                if sub is not None:
-                    walk(sub, (*path, key))
-
-        walk(tree, ())
-        return out
-
-    def decode_batch(self, raws: list[bytes | None], record_ts_ms: list[int | None] | None,
-                     now: float) -> DecodedBatch:
-        slots, others = self._slots, self._other_containers
-        flat: list[list[Any]] = [[] for _ in slots]  # per container: each event's leaves, one after another
-        index: list[int] = []
-        slow: list[int] = []
-        decode_json, max_bytes, missing = orjson.loads, self.d._max_bytes, MISSING
-        repeat_missing = itertools.repeat(MISSING)
-        for i, raw in enumerate(raws):
-            if raw is None or len(raw) > max_bytes:
-                slow.append(i)
-                continue
-            try:
-                obj = decode_json(raw)
-            except Exception:  # decode() names the reason
-                slow.append(i)
-                continue
-            if type(obj) is not dict:
-                slow.append(i)
-                continue
-            got: list[Any] = []
-            for parent, keys, leaves, _, holds_feature in slots:
-                if not parent:
-                    box = obj
-                elif len(parent) == 1:
-                    box = obj.get(parent[0], missing)
-                else:
-                    box = _dig(obj, parent)
-                if type(box) is dict:
-                    if keys is not None and not box.keys() <= keys:
-                        break
-                    got.append(map(box.get, leaves, repeat_missing))
-                elif box is missing and not holds_feature:
-                    got.append((missing,) * len(leaves))
-                else:
-                    break  # a container that is not an object, or absent features: decode() decides
-            else:
-                if others and not _known_only(obj, others):
-                    slow.append(i)
-                    continue
-                index.append(i)
-                for g, values in enumerate(got):
-                    flat[g].extend(values)
-                continue
-            slow.append(i)
-        return self._assemble(flat, index, slow, raws, record_ts_ms, now)
-
-    def _assemble(self, flat: list[list[Any]], index_list: list[int], slow: list[int],
-                  raws: list[bytes | None], record_ts_ms: list[int | None] | None, now: float) -> DecodedBatch:
-        n = len(index_list)
-        bad = np.zeros(n, dtype=bool)
-        columns: dict[str, Any] = {}
-        for (_, _, leaves, targets, _), values in zip(self._slots, flat, strict=True):
-            width = len(leaves)
-            columns.update((t, values[j::width]) for j, t in enumerate(targets))
-        numerical: dict[int, np.ndarray] = {}
-        categorical: dict[int, list[Any]] = {}
-        for i in range(self._n_features):
-            col = columns[f"f{i}"]
-            if i in self._numerical:
-                numerical[i] = _number_column(col, bad)
-            else:
-                categorical[i] = _label_column(col, bad)
-        if self._has_time:
-            times = self._time_column(columns["time"], bad, now)
-        elif record_ts_ms is not None:
-            ts = [record_ts_ms[i] for i in index_list]
-            times = np.array([t / 1000.0 if t is not None and t >= 0 else now for t in ts], dtype=np.float64)
-            bad |= times > now + MAX_FUTURE_SKEW_SECONDS
-        else:
-            times = np.full(n, now)
-        prediction: np.ndarray | list[Any] | None = None
-        if self._pred is not None:
-            prediction = (_label_column(columns["prediction"], bad) if self._pred[1] is _category
-                          else _number_column(columns["prediction"], bad))
-        latency = None
-        if self._lat is not None:
-            latency = _number_column(columns["latency"], bad) * self._lat[1]
-            bad |= latency < 0
-        version = _label_column(columns["version"], bad) if self._has_version else None
-
-        fast = DecodedBatch(n, numerical, categorical, times, prediction, latency, version)
-        index = np.asarray(index_list, dtype=np.int64)
-        if bad.any():
-            slow.extend(index[bad].tolist())
-            fast, index = fast.select(~bad), index[~bad]
-        if not slow:
-            return fast
-        return self._merge_slow(fast, index, sorted(slow), raws, record_ts_ms, now)
-
-    def _time_column(self, raw_times: list[Any], bad: np.ndarray, now: float) -> np.ndarray:
-        fmt = self.d._time.format  # type: ignore[union-attr]
-        if fmt == "iso8601":
-            out = np.empty(len(raw_times))
-            for i, v in enumerate(raw_times):
-                try:
-                    out[i] = self.d._parse_time(v) if v is not MISSING and v is not None else math.nan
-                except InvalidEvent:
-                    out[i] = math.nan
-        else:
-            types = set(map(type, raw_times))
-            if types <= _NUMBER_TYPES:
-                out = _floats(raw_times)
-            else:
-                out = np.fromiter((math.nan if math.isinf(x := _float_or_inf(v)) else x for v in raw_times),
-                                  dtype=np.float64, count=len(raw_times))
-            if fmt == "epoch_millis":
-                out = out / 1000.0
-        with np.errstate(invalid="ignore"):
-            bad |= ~(out >= 0) | (out > now + MAX_FUTURE_SKEW_SECONDS)  # NaN (missing, unreadable) is bad
-        return out
-
-    def _merge_slow(self, fast: DecodedBatch, fast_index: np.ndarray, slow: list[int],
-                    raws: list[bytes | None], record_ts_ms: list[int | None] | None, now: float) -> DecodedBatch:
-        events: list[Event] = []
-        index: list[int] = []
-        invalid: Counter[str] = Counter()
-        rejected: list[tuple[int, str, str]] = []
-        for i in slow:
-            try:
-                events.append(self.d.decode(raws[i], record_ts_ms[i] if record_ts_ms else None, now))
-                index.append(i)
-            except InvalidEvent as exc:
-                invalid[exc.reason] += 1
-                rejected.append((i, exc.reason, exc.detail))
-        if not events:
-            fast.invalid, fast.rejected = invalid, rejected
-            return fast
-        extra = self._from_events(events)
-        order = np.argsort(np.concatenate((fast_index, np.asarray(index, dtype=np.int64))), kind="stable")
-
-        def join(a: Any, b: Any) -> Any:
-            if a is None:
-                return None
-            if isinstance(a, np.ndarray):
-                return np.concatenate((a, b))[order]
-            both = a + b
-            return [both[k] for k in order.tolist()]
-
-        merged = DecodedBatch(
-            fast.size + extra.size, {k: join(v, extra.numerical[k]) for k, v in fast.numerical.items()},
-            {k: join(v, extra.categorical[k]) for k, v in fast.categorical.items()},
-            join(fast.event_time, extra.event_time), join(fast.prediction, extra.prediction),
-            join(fast.latency, extra.latency), join(fast.model_version, extra.model_version))
-        merged.invalid, merged.rejected = invalid, rejected
-        return merged
-
-    def _from_events(self, events: list[Event]) -> DecodedBatch:
-        def nums(values: list[Any]) -> np.ndarray:
-            return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-
-        def labels(values: list[Any]) -> list[Any]:
-            return [MISSING if v is None else v for v in values]
-
-        cols = list(zip(*(e.features for e in events), strict=True))
-        numerical_set = set(self._numerical)
-        return DecodedBatch(
-            len(events), {i: nums(list(cols[i])) for i in range(self._n_features) if i in numerical_set},
-            {i: labels(list(cols[i])) for i in range(self._n_features) if i not in numerical_set},
-            np.array([e.event_time for e in events], dtype=np.float64),
-            None if self._pred is None else (labels([e.prediction for e in events]) if self._pred[1] is _category
-                                             else nums([e.prediction for e in events])),
-            None if self._lat is None else nums([e.latency_seconds for e in events]),
-            labels([e.model_version for e in events]) if self._has_version else None)
-
-
-def _dig(obj: Any, parts: tuple[str, ...]) -> Any:
-    """The value at a path, or MISSING."""
-    for part in parts:
-        if type(obj) is not dict:
-            return MISSING
-        obj = obj.get(part, MISSING)
-    return obj
-
-
-def _known_only(obj: dict[str, Any], containers: list[tuple[tuple[str, ...], frozenset[str]]]) -> bool:
-    """True unless a container on these paths holds a key no configured path mentions."""
-    for path, keys in containers:
-        box = _dig(obj, path) if path else obj
-        if type(box) is dict and not box.keys() <= keys:
-            return False
-    return True
-
-
-def _float_or_inf(v: Any) -> float:
-    """A number as a float; inf (a bad row) for anything else or an int beyond float range."""
-    if type(v) is float:
-        return v  # type: ignore[no-any-return]
-    if type(v) is int:
-        try:
-            return float(v)
-        except OverflowError:
-            return math.inf
-    return math.inf
-
-
-def _floats(col: Any) -> np.ndarray:
-    try:
-        return np.fromiter(col, dtype=np.float64, count=len(col))
-    except OverflowError:  # an int beyond float range: decode() calls it non_finite
-        return np.fromiter(map(_float_or_inf, col), dtype=np.float64, count=len(col))
-
-
-def _number_column(col: Any, bad: np.ndarray) -> np.ndarray:
-    """float64 values, NaN for MISSING; rows holding anything else are marked bad."""
-    types = set(map(type, col))
-    if types <= _NUMBER_TYPES:
-        out = _floats(col)
-    else:
-        out = np.fromiter(map(_float_or_inf, col), dtype=np.float64, count=len(col))
-    nan = np.isnan(out)
-    if nan.any():  # NaN can only be the MISSING sentinel here (literals go the slow way)
-        for i in np.flatnonzero(nan).tolist():
-            if col[i] is not MISSING:
-                bad[i] = True
-    bad |= np.isinf(out)
-    return out
-
-
-def _label_column(col: Any, bad: np.ndarray) -> list[Any]:
-    """Labels as given; MISSING stays; rows holding anything but text are marked bad."""
-    types = set(map(type, col))
-    if types <= _LABEL_TYPES:
-        if float in types:
-            for i, v in enumerate(col):
-                if type(v) is float and v is not MISSING:
-                    bad[i] = True
-        return list(col)
-    for i, v in enumerate(col):
-        if type(v) is not str and v is not MISSING:
-            bad[i] = True
-    return list(col)

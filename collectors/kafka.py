@@ -1,5 +1,10 @@
 """A Kafka source for one monitor: kafka-python consumer group, offsets committed by
-driftline once the polled events are accounted for (never auto-commit).
+driftline from the monitor's last checkpoint (never auto-commit).
+
+One member of the group reads every partition (collectors/assignor.py); the others wait as
+standbys (`role`). The source hands each assignment to its owner (the monitor's state),
+which says where every partition is read from, and commits what the owner's last
+checkpoint covers.
 
 kafka-python reads every standard record format (v0/v1 message sets and v2 record
 batches) and every standard codec (gzip, snappy, lz4, zstd: the extras are dependencies
@@ -14,14 +19,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from driftline.service.config import KafkaSettings
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError, OffsetMetadataTooLargeError
+from kafka.errors import KafkaError, OffsetMetadataTooLargeError
 from kafka.protocol.consumer.offsets import OffsetResetStrategy
 from kafka.structs import OffsetAndMetadata
+
+from .assignor import SingleActiveAssignor
+from .schema import KafkaSettings
+from .tls import check_tls_handshakes
 
 log = logging.getLogger("driftline.collectors.kafka")
 
@@ -91,238 +99,6 @@ def consumer_config(settings: KafkaSettings, secret: Callable[[str], str | None]
     return conf
 
 
-def producer_config(settings: KafkaSettings, secret: Callable[[str], str | None]) -> dict[str, Any]:
-    """KafkaProducer arguments for the dead-letter topic: the consumer's connection and
-    security settings, acks from every replica, and every wait bounded."""
-    conf = {k: v for k, v in consumer_config(settings, secret).items() if k in KafkaProducer.DEFAULT_CONFIG}
-    request_ms = int(min(settings.request_timeout, 10.0) * 1000)
-    conf.update({
-        "client_id": f"{settings.client_id}-dead-letters",
-        "acks": "all",
-        "max_block_ms": 5000,            # metadata wait in send(): a lost broker must not hang the consumer
-        "request_timeout_ms": request_ms,
-        "delivery_timeout_ms": request_ms + 5000,  # then the future fails and driftline retries it
-        "linger_ms": 5,
-        "max_request_size": 8 * 1024 * 1024,  # room for a large invalid record plus its headers
-        # kafka-python 3.0.12's idempotent producer (its default) resets its producer id when a
-        # batch expires after being sent, and then never asks for a new one: every later send
-        # waits forever (seen with a dead-letter topic that stopped answering for 15 s, see
-        # tests/test_fuzz.py). Without idempotence it sends again once the broker answers;
-        # a copy retried by the producer may then be written twice, which at least once allows.
-        "enable_idempotence": False,
-    })
-    return conf
-
-
-# What a copy costs besides its key, value and headers: the letter and its header tuples,
-# kafka-python's futures and record bookkeeping (1.3 KB measured with tracemalloc,
-# bench/bench_dead_letters.py); counted so that many tiny copies are bounded too.
-LETTER_OVERHEAD_BYTES = 1300
-
-
-@dataclass
-class _DeadLetter:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    size: int = 0  # bytes counted against dead_letter_max_pending_bytes
-    future: Any = None  # kafka-python's FutureRecordMetadata while in flight
-
-
-class DeadLetters:
-    """Copies invalid records to the dead-letter topic, at least once, in bounded memory.
-
-    `add` sends without waiting; `settle` (run before every offset commit) waits for the
-    acknowledgements and returns, per partition, the offset of the first record whose copy
-    is not yet acknowledged: the commit stops there, so a dead letter is never lost to a
-    crash. A send that fails (broker unreachable, timeout) is counted as `failed` and sent
-    again at the next batch (or `pump`). A copy the broker can never take (e.g. larger than
-    its limit) is counted as `dropped`, logged with its origin, and no longer holds back the
-    commit.
-
-    Acknowledged copies are let go at every batch. Copies not yet acknowledged are held
-    (here and in the producer's buffers) until they are: while they exceed `max_bytes`,
-    `full` is true and the consumer stops reading (KafkaSource.hold) until they are down to
-    half of it, so a dead-letter topic that cannot be reached stalls consumption instead of
-    filling memory, and nothing is dropped.
-    """
-
-    RETRY_AFTER = 1.0  # seconds between attempts to send again when nothing else is read
-    WARN_AFTER = 5.0  # a pause this long is logged (shorter ones are ordinary flow control)
-
-    def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None], monitor: str,
-                 count: Callable[[str, int], None]) -> None:
-        assert settings.dead_letter_topic
-        self.topic = settings.dead_letter_topic
-        self._source_topic = settings.topic.encode()
-        self._monitor = monitor.encode()
-        self._conf = producer_config(settings, secret)
-        self._count = count
-        self._producer: KafkaProducer | None = None
-        self._pending: list[_DeadLetter] = []  # in flight or to send again, in record order
-        self._bytes = 0  # sum of their sizes
-        self.max_bytes = settings.dead_letter_max_pending_bytes
-        self.full = False  # reading is paused until the copies drain (KafkaSource.hold)
-        self._full_since = 0.0
-        self._held_before = False
-        self._warned = False  # this pause was logged (it lasted WARN_AFTER s)
-        self._retry_at = 0.0  # time.monotonic() before which pump() sends nothing again
-        self._flush_failed = False
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._bytes
-
-    def add(self, polled: Polled, rejected: list[tuple[int, str, str]]) -> None:
-        self._reap()
-        for i, reason, detail in rejected:
-            partition, offset, key = polled.origin(i)
-            headers = [("driftline-original-topic", self._source_topic),
-                       ("driftline-original-partition", str(partition).encode()),
-                       ("driftline-original-offset", str(offset).encode()),
-                       ("driftline-error", (f"{reason}: {detail}" if detail else reason).encode()),
-                       ("driftline-monitor", self._monitor)]
-            value = polled.values[i]
-            size = (LETTER_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
-                    + sum(len(k) + len(v) for k, v in headers))
-            self._pending.append(_DeadLetter(partition, offset, key, value, headers, size))
-            self._bytes += size
-        self._send()
-        self._check_full()
-
-    def pump(self) -> None:
-        """Between batches (nothing else read): let go of acknowledged copies and send again
-        the failed ones (at most every RETRY_AFTER s: a send can wait for metadata)."""
-        self._reap()
-        if time.monotonic() >= self._retry_at:
-            self._send()
-        self._check_full()
-
-    def _check_full(self) -> None:
-        now = time.monotonic()
-        if not self.full and self._bytes > self.max_bytes:
-            self.full, self._full_since, self._warned = True, now, False
-            if not self._held_before:  # flow control at work: said once, then only long pauses
-                self._held_before = True
-                log.info("dead letters to %s are acknowledged more slowly than %s is read: reading pauses "
-                         "while more than %.1f MB of them wait (kafka.dead_letter_max_pending_bytes)",
-                         self.topic, self._source_topic.decode(), self.max_bytes / 1e6)
-        elif self.full and self._bytes <= self.max_bytes // 2:
-            self.full = False
-            if self._warned:
-                log.warning("dead letters to %s acknowledged: reading %s again after %.1f s paused",
-                            self.topic, self._source_topic.decode(), now - self._full_since)
-        elif self.full and not self._warned and now - self._full_since >= self.WARN_AFTER:
-            self._warned = True
-            log.warning("reading %s paused for %.0f s: %d dead letters (%.1f MB) not acknowledged by %s, over "
-                        "kafka.dead_letter_max_pending_bytes (%.1f MB); it resumes once they are down to half "
-                        "of it", self._source_topic.decode(), now - self._full_since, len(self._pending),
-                        self._bytes / 1e6, self.topic, self.max_bytes / 1e6)
-
-    def _send(self) -> None:
-        unsent = [d for d in self._pending if d.future is None]
-        if not unsent:
-            return
-        if self._producer is None:
-            try:
-                self._producer = KafkaProducer(**self._conf)
-            except Exception as exc:  # broker unreachable: try again at the next batch
-                log.warning("dead-letter producer for %s not available yet (%d records waiting): %s",
-                            self.topic, len(unsent), exc)
-                self._count("failed", len(unsent))
-                self._retry_at = time.monotonic() + self.RETRY_AFTER
-                return
-        dropped = []
-        for letter in unsent:
-            try:
-                # a keyless tombstone cannot be produced as is: it goes with an empty key
-                key = letter.key if letter.key is not None or letter.value is not None else b""
-                letter.future = self._producer.send(self.topic, value=letter.value, key=key,
-                                                    headers=letter.headers)
-            except KafkaTimeoutError as exc:  # no metadata within max_block_ms
-                n = sum(1 for d in self._pending if d.future is None)
-                log.warning("dead letters to %s not sent (%d waiting, retried at the next batch): %s",
-                            self.topic, n, exc)
-                self._count("failed", n)
-                self._retry_at = time.monotonic() + self.RETRY_AFTER
-                break
-            except KafkaError as exc:
-                if exc.retriable:
-                    self._count("failed", 1)
-                    continue
-                dropped.append(letter)
-                self._drop(letter, exc)
-        if dropped:
-            gone = {id(d) for d in dropped}
-            self._keep([d for d in self._pending if id(d) not in gone])
-
-    def _keep(self, letters: list[_DeadLetter]) -> None:
-        self._pending = letters
-        self._bytes = sum(d.size for d in letters)
-
-    def _drop(self, letter: _DeadLetter, exc: BaseException) -> None:
-        log.error("dead letter of %s partition %d offset %d refused by the broker, not retried: %s",
-                  self._source_topic.decode(), letter.partition, letter.offset, exc)
-        self._count("dropped", 1)
-
-    def _reap(self) -> None:
-        """Without waiting: count and let go of the acknowledged copies (and the refused
-        ones); a copy whose send failed is kept, to be sent again."""
-        if not any(d.future is not None and d.future.is_done for d in self._pending):
-            return
-        still: list[_DeadLetter] = []
-        produced = 0
-        for letter in self._pending:
-            f = letter.future
-            if f is None or not f.is_done:
-                still.append(letter)
-            elif f.succeeded():
-                produced += 1
-            elif isinstance(f.exception, KafkaError) and not f.exception.retriable:
-                self._drop(letter, f.exception)
-            else:
-                self._count("failed", 1)
-                letter.future = None  # sent again at the next batch
-                still.append(letter)
-        if produced:
-            self._count("produced", produced)
-        self._keep(still)
-
-    def settle(self, timeout: float) -> dict[int, int]:
-        """Wait up to `timeout` s for the copies in flight; per partition, the first offset
-        whose copy is not acknowledged (nothing from there on may be committed)."""
-        if not self._pending:
-            return {}
-        self._send()
-        if self._producer is not None and any(d.future is not None for d in self._pending):
-            try:
-                self._producer.flush(timeout=timeout)
-                self._flush_failed = False
-            except KafkaError as exc:  # said once until a flush completes again
-                log.log(logging.DEBUG if self._flush_failed else logging.WARNING,
-                        "dead letters to %s not yet acknowledged: %s", self.topic, exc)
-                self._flush_failed = True
-        self._reap()
-        self._check_full()
-        caps: dict[int, int] = {}
-        for letter in self._pending:
-            caps[letter.partition] = min(caps.get(letter.partition, letter.offset), letter.offset)
-        return caps
-
-    def close(self, timeout: float) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=timeout)
-            except Exception as exc:
-                log.debug("closing the dead-letter producer: %s", exc)
-
-
 class PartitionOwner(Protocol):
     """What reads the partitions (a monitor): it keeps their state and says what to commit."""
 
@@ -338,9 +114,6 @@ class PartitionOwner(Protocol):
 
     def reset_partitions(self) -> None:
         """The topic was recreated: positions start again."""
-
-    def metadata_refused(self) -> None:
-        """The broker refused a commit's metadata as too large: commit only the small marks."""
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -360,56 +133,14 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self.source._on_assigned(assigned)
 
 
-def check_tls_handshakes(settings: KafkaSettings, conf: dict[str, Any]) -> None:
-    """Raise unless a TLS handshake with the bootstrap servers completes in time."""
-    # The one guard against a TLS handshake that never completes. kafka-python 3.0
-    # bounds the TCP connect but awaits the handshake with no deadline
-    # (kafka/net/transport.py, KafkaSSLTransport.handshake: wait_read without
-    # timeout_at), and the bootstrap in KafkaConsumer() (and KafkaProducer()) awaits that
-    # connection without looking at its own timeout again: a listener that accepts and
-    # never answers blocks it forever, past bootstrap_timeout_ms and max_block_ms. So
-    # each bootstrap server's handshake, verified as kafka-python verifies it, must
-    # complete here within connect_timeout first; if one hangs or none succeeds, this
-    # raises with the TLS error and the caller retries later.
-    import socket
-    import ssl
-
-    from kafka.errors import KafkaConnectionError
-
-    context = ssl.create_default_context(cafile=conf.get("ssl_cafile"))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = settings.ssl_check_hostname
-    if "ssl_certfile" in conf:
-        context.load_cert_chain(conf["ssl_certfile"], conf.get("ssl_keyfile"), conf.get("ssl_password"))
-    problems, hung, ok = [], False, 0
-    for server in settings.bootstrap_servers:
-        host, sep, port = server.rpartition(":")
-        host, port = (host.strip("[]"), port) if sep else (server, "9092")
-        try:
-            with socket.create_connection((host, int(port)), timeout=settings.connect_timeout) as sock, \
-                    context.wrap_socket(sock, server_hostname=host):
-                ok += 1
-        except TimeoutError:
-            hung = True
-            problems.append(f"TLS handshake with {server} did not complete within "
-                            f"{settings.connect_timeout:g}s")
-        except ssl.SSLCertVerificationError as exc:
-            problems.append(f"TLS handshake with {server} failed: certificate refused: {exc.verify_message}")
-        except ssl.SSLError as exc:
-            problems.append(f"TLS handshake with {server} failed: {exc.reason or exc}")
-        except (OSError, ValueError) as exc:
-            problems.append(f"cannot connect to {server}: {exc}")
-    if hung or not ok:
-        raise KafkaConnectionError("; ".join(problems))
-    for problem in problems:
-        log.warning("%s", problem)
+Role = Literal["joining", "active", "standby"]
 
 
 class KafkaSource:
-    """Polls records of one topic; tracks what has been accounted for and commits it.
+    """Polls records of one topic; commits what its owner's checkpoint covers.
 
     Only the thread that polls may call poll/commit/close (kafka-python consumers are not
-    thread-safe); `assigned`, `connected` and `lag` are safe to read from anywhere.
+    thread-safe); `assigned`, `role`, `connected` and `lag` are safe to read from anywhere.
     """
 
     # Called before each commit: per partition, an offset the commit must not pass (the
@@ -435,7 +166,8 @@ class KafkaSource:
         conf = consumer_config(settings, secret)
         if settings.security_protocol.endswith("SSL"):
             check_tls_handshakes(settings, conf)
-        self._consumer = KafkaConsumer(**conf)
+        self.assignor = SingleActiveAssignor()
+        self._consumer = KafkaConsumer(**conf, partition_assignment_strategy=[self.assignor])
         self._consumer.subscribe([settings.topic], listener=_Listener(self))
         self._owner = owner
         self._lock = threading.Lock()
@@ -444,20 +176,25 @@ class KafkaSource:
         self._processed: dict[int, int] = {}  # partition -> next offset to read (for the lag)
         self._committed: dict[int, tuple[int, str]] = {}
         self._lag: dict[int, int] = {}
+        self._ends: dict[int, int] = {}  # partition -> the highest end offset the broker reported
         self._last_poll_ok = 0.0
         self._last_commit = time.monotonic()
+        self.role: Role = "joining"
+        self._plain_metadata = False  # the broker refused commit metadata: commit offsets alone
 
     # -- rebalance ---------------------------------------------------------------------
     async def _on_revoked(self, revoked: Any, commit: bool = True) -> None:
         """On kafka-python's event loop, while the consumer thread waits in poll(): the
-        owner checkpoints and drops the partitions' state, and what it covers is committed
-        before the partitions go (kafka-python's default assignors are eager: every
-        rebalance revokes all partitions)."""
-        offsets = self._owner.release()
+        owner checkpoints, and what it covers is committed before the partitions go
+        (kafka-python's eager rebalances revoke every partition, even those that come back)."""
         with self._lock:
             assigned, self._assigned, self._to_adopt = self._assigned, frozenset(), frozenset()
             self._lag = {}
+            self._ends.clear()
             self._processed.clear()
+        if not assigned:
+            return
+        offsets = self._owner.release()
         pending = self._uncommitted(offsets, assigned)
         if commit and pending:
             try:
@@ -466,21 +203,26 @@ class KafkaSource:
                 try:
                     await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
                 except OffsetMetadataTooLargeError as exc:
-                    pending = self._uncommitted(self._metadata_refused(exc), assigned)
+                    self._metadata_refused(exc)
                     await coordinator._commit_offsets_sync_async(self._offsets(pending), timeout_ms=5000)
                 with self._lock:
                     self._committed.update(pending)
                 log.info("partitions %s revoked; committed %s", sorted(p for p in assigned),
                          {p: o for p, (o, _) in sorted(pending.items())})
             except Exception as exc:
-                log.warning("offset commit on revoke failed (the next reader rebuilds from the "
-                            "last commit and skips what the checkpoint shows as done): %s", exc)
+                log.warning("offset commit on revoke failed (the checkpoint keeps the positions; another "
+                            "instance taking over reads from the previous commit): %s", exc)
 
     def _on_assigned(self, assigned: Any) -> None:
         with self._lock:
             self._assigned = frozenset(tp.partition for tp in assigned if tp.topic == self.settings.topic)
             self._to_adopt = self._assigned
-        log.info("assigned partitions %s of %s", sorted(self._assigned), self.settings.topic)
+            before, self.role = self.role, "active" if self._assigned else "standby"
+        if self._assigned:
+            log.info("active for %s: assigned partitions %s", self.settings.topic, sorted(self._assigned))
+        elif before != "standby":
+            log.info("standby for %s: another instance of group %s reads it; this one takes over if it "
+                     "leaves", self.settings.topic, self.settings.group_id)
 
     def _adopt_new(self) -> bool:
         """Hand newly assigned partitions, with their committed offsets, to the owner, and
@@ -511,7 +253,7 @@ class KafkaSource:
             return self._assigned
 
     def connected(self) -> bool:
-        """True while partitions are assigned and the broker answered a fetch recently.
+        """True while the group is joined (active or standby) and the broker answered recently.
 
         kafka-python's poll() returns on time whether or not the broker answers, so the
         signal is the broker's answers themselves: the time of the last fetch response
@@ -519,7 +261,7 @@ class KafkaSource:
         returned records. A stopped broker (SIGSTOP) keeps its TCP connections open; this
         still turns false within STALE_AFTER seconds.
         """
-        return bool(self.assigned) and time.monotonic() - self.last_answer() < self.STALE_AFTER
+        return self.role != "joining" and time.monotonic() - self.last_answer() < self.STALE_AFTER
 
     def last_answer(self) -> float:
         """time.monotonic() of the broker's last fetch response (or of records received)."""
@@ -530,9 +272,9 @@ class KafkaSource:
                 last = max(last, sensor._last_record_time / 1000.0)
         except AttributeError:  # another kafka-python: fall back to the records themselves
             pass
-        if self._held:
-            # nothing is fetched while held: the group coordinator's heartbeat answers (every
-            # session_timeout / 3) show the broker is there
+        if self._held or not self.assigned:
+            # nothing is fetched while held or standing by: the group coordinator's heartbeat
+            # answers (every session_timeout / 3) show the broker is there
             with contextlib.suppress(AttributeError):
                 last = max(last, self._consumer._coordinator.heartbeat.last_receive)
         return last
@@ -636,6 +378,7 @@ class KafkaSource:
         with self._lock:
             self._processed.clear()
             self._committed.clear()
+            self._ends.clear()
         self._owner.reset_partitions()
         self._seek_to_beginning = True
         self._seek_pending()
@@ -685,42 +428,36 @@ class KafkaSource:
                     self._processed[partition] = offset
 
     def refresh_lag(self) -> None:
-        lag = {}
+        """Each assigned partition's lag: records between what was accounted for and the end
+        of the partition, as far as the broker has said. The end is the highest the broker
+        reported (a fetch's high watermark, or a ListOffsets answer while reading is held),
+        so a stale answer never makes a partition with records waiting look caught up."""
         ends: dict[TopicPartition, int] = {}
         if self._held:  # no fetch brings the high watermark while held: ask for it
             with contextlib.suppress(KafkaError):
                 ends = self._consumer.end_offsets(
-                    [TopicPartition(self.settings.topic, p) for p in self.assigned], timeout_ms=500)
+                    [TopicPartition(self.settings.topic, p) for p in self.assigned], timeout_ms=2000)
+        lag = {}
         for p in self.assigned:
             tp = TopicPartition(self.settings.topic, p)
             try:
-                high = ends[tp] if tp in ends else self._consumer.highwater(tp)
+                high = ends.get(tp, self._consumer.highwater(tp))
             except KafkaError:  # unassigned under us (the group is rejoining)
                 continue
-            if high is None:
-                continue
+            with self._lock:
+                if high is not None and high > self._ends.get(p, -1):
+                    self._ends[p] = high
+                end = self._ends.get(p)
             pos = self._processed.get(p)
             if pos is None:
                 try:
                     pos = self._consumer.position(tp, timeout_ms=100)
                 except KafkaError:
                     continue
-            if pos is not None:
-                lag[p] = max(0, high - pos)
+            if pos is not None and end is not None:
+                lag[p] = max(0, end - pos)
         with self._lock:
             self._lag.update(lag)
-
-    def positions(self) -> dict[int, int]:
-        """The consumer's fetch position (next offset to return) of each assigned partition."""
-        out = {}
-        for p in self.assigned:
-            try:
-                pos = self._consumer.position(TopicPartition(self.settings.topic, p), timeout_ms=100)
-            except (KafkaError, AssertionError, ValueError):  # unassigned under us, or not yet known
-                continue
-            if pos is not None:
-                out[p] = int(getattr(pos, "offset", pos))
-        return out
 
     def maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.settings.commit_interval:
@@ -734,7 +471,7 @@ class KafkaSource:
             return {p: om for p, om in pending.items() if self._committed.get(p) != om}
 
     def _offsets(self, pending: dict[int, tuple[int, str]]) -> dict[TopicPartition, OffsetAndMetadata]:
-        return {TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, meta, -1)
+        return {TopicPartition(self.settings.topic, p): OffsetAndMetadata(o, "" if self._plain_metadata else meta, -1)
                 for p, (o, meta) in pending.items()}
 
     def commit(self, timeout: float = 5.0) -> None:
@@ -747,7 +484,7 @@ class KafkaSource:
             try:
                 self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
             except OffsetMetadataTooLargeError as exc:
-                pending = self._uncommitted(self._metadata_refused(exc), self.assigned)
+                self._metadata_refused(exc)
                 self._consumer.commit(self._offsets(pending), timeout_ms=int(timeout * 1000))
         except KafkaError as exc:
             log.warning("offset commit failed (will retry): %s", exc)
@@ -755,13 +492,11 @@ class KafkaSource:
         with self._lock:
             self._committed.update(pending)
 
-    def _metadata_refused(self, exc: KafkaError) -> dict[int, tuple[int, str]]:
-        """The broker caps commit metadata below what driftline wrote (its
-        offset.metadata.max.bytes): from now on the owner commits its small marks only."""
-        log.error("the broker refused the commit metadata as too large (%s): committing without the "
-                  "horizon windows' parts from now on; a moved partition's part stays where it was", exc)
-        self._owner.metadata_refused()
-        return self._owner.committable()
+    def _metadata_refused(self, exc: KafkaError) -> None:
+        """The broker caps commit metadata below the few dozen bytes driftline writes (its
+        offset.metadata.max.bytes): commit the offsets alone from now on."""
+        log.error("the broker refused the commit metadata as too large (%s): committing offsets without it", exc)
+        self._plain_metadata = True
 
     @property
     def committed(self) -> dict[int, int]:
@@ -777,81 +512,3 @@ class KafkaSource:
             self._consumer.close(autocommit=False, timeout_ms=int(max(0.5, deadline - time.monotonic()) * 1000))
         except Exception as exc:
             log.debug("closing the consumer: %s", exc)
-
-
-class RangeReader(threading.Thread):
-    """Reads offset ranges [from, to) of a topic's partitions with a consumer of its own,
-    outside the consumer group (it commits nothing): after a restart, the records behind the
-    group's position that rebuild the horizon windows (service/window.py, `side_reads`),
-    read while the group's consumer goes on. `deliver` gets each poll's records and returns
-    False once they are no longer wanted; `done` is called per partition read to its end.
-    Broker trouble is retried from where it stopped."""
-
-    def __init__(self, settings: KafkaSettings, secret: Callable[[str], str | None],
-                 ranges: dict[int, tuple[int, int]], deliver: Callable[[Polled], bool],
-                 done: Callable[[int], None], timestamps: bool, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._settings, self._secret = settings, secret
-        self._remaining = dict(ranges)
-        self._deliver, self._done, self._timestamps = deliver, done, timestamps
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def run(self) -> None:
-        while self._remaining and not self._stop_event.is_set():
-            try:
-                consumer = self._connect()
-            except Exception as exc:
-                log.warning("%s: cannot reach Kafka yet (%s); retrying", self.name, exc)
-                self._stop_event.wait(2.0)
-                continue
-            try:
-                self._read(consumer)
-            except KafkaError as exc:
-                log.warning("%s: reading failed (%s); reading on from offsets %s", self.name, exc,
-                            {p: lo for p, (lo, _) in self._remaining.items()})
-                self._stop_event.wait(1.0)
-            except Exception:  # a bug: give up rather than hold what waits for it forever
-                log.exception("%s: given up; partitions %s are left out of what it rebuilds", self.name,
-                              sorted(self._remaining))
-                for p in list(self._remaining):
-                    del self._remaining[p]
-                    self._done(p)
-            finally:
-                consumer.close()
-
-    def _connect(self) -> KafkaConsumer:
-        conf = consumer_config(self._settings, self._secret)
-        conf.update(group_id=None, group_instance_id=None, client_id=f"{self._settings.client_id}-rebuild",
-                    auto_offset_reset="earliest")  # a start deleted by retention: what is left
-        if self._settings.security_protocol.endswith("SSL"):
-            check_tls_handshakes(self._settings, conf)
-        consumer = KafkaConsumer(**conf)
-        consumer.assign([TopicPartition(self._settings.topic, p) for p in self._remaining])
-        for p, (lo, _) in self._remaining.items():
-            consumer.seek(TopicPartition(self._settings.topic, p), lo)
-        return consumer
-
-    def _read(self, consumer: KafkaConsumer) -> None:
-        while self._remaining and not self._stop_event.is_set():
-            batches = consumer.poll(timeout_ms=500)
-            out = Polled()
-            for tp, records in batches.items():
-                if tp.partition not in self._remaining:
-                    continue
-                lo, hi = self._remaining[tp.partition]
-                records = [r for r in records if lo <= r.offset < hi]
-                if records:
-                    out.add(tp.partition, records, self._timestamps)
-                    self._remaining[tp.partition] = (records[-1].offset + 1, hi)
-            if out.values and not self._deliver(out):
-                self._stop_event.set()
-                return
-            for p, (_, hi) in list(self._remaining.items()):
-                tp = TopicPartition(self._settings.topic, p)
-                if consumer.position(tp) >= hi:  # (past gaps too: compacted or control records)
-                    consumer.pause(tp)
-                    del self._remaining[p]
-                    self._done(p)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from driftline.collectors.kafka import DeadLetters, KafkaSource, RangeReader
+from driftline.collectors.dead_letters import DeadLetters
+from driftline.collectors.kafka import KafkaSource, Polled
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from .config import Secrets, Settings, decode_webhook_secret
@@ -32,10 +33,9 @@ class ConsumerLoop(threading.Thread):
         self._stop_event = threading.Event()
         self.source: KafkaSource | None = None
         self.dead_letters: DeadLetters | None = None
-        # second readers rebuilding horizon windows after a restart: (generation, partitions)
-        self._side_readers: dict[tuple[int, frozenset[int]], RangeReader] = {}
         monitor.source_ready = self.ready
         monitor.source_lag = self.lag
+        monitor.source_role = self.role
         if metrics is not None and monitor.settings.kafka.dead_letter_topic:
             metrics.dead_letters_pending.labels(monitor.name).set_function(
                 lambda: self.dead_letters.pending if self.dead_letters is not None else 0)
@@ -47,6 +47,9 @@ class ConsumerLoop(threading.Thread):
 
     def lag(self) -> dict[int, int]:
         return self.source.lag() if self.source is not None else {}
+
+    def role(self) -> str:
+        return self.source.role if self.source is not None else "joining"
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -68,9 +71,15 @@ class ConsumerLoop(threading.Thread):
         if source is None:
             return
         dead = self.dead_letters = self._dead_letters(secret)
+        before_add: Callable[[Polled, list[tuple[int, str, str]]], None] | None = None
         if dead is not None:
             # before any commit: wait for the copies, and never commit past one not acknowledged
             source.commit_gate = lambda: dead.settle(timeout=2.0 if self._stop_event.is_set() else 5.0)
+            self.monitor.state.first_pending = dead.first_pending
+
+            def before_add(polled: Polled, rejected: list[tuple[int, str, str]]) -> None:
+                if rejected or dead.pending:
+                    dead.add(polled, rejected)  # also sends again what failed before
         last_lag = 0.0
         try:
             # SIGTERM: the batch in hand is finished and accounted for; closing the source
@@ -83,60 +92,25 @@ class ConsumerLoop(threading.Thread):
                 polled = source.poll(timeout_ms=100 if held else 500,
                                      timestamps=self.monitor.needs_record_timestamps)
                 if polled:
-                    rejected = self.monitor.consume(polled)
-                    if dead is not None and (rejected or dead.pending):
-                        dead.add(polled, rejected)  # also sends again what failed before
+                    self.monitor.consume(polled, before_add)
                     source.mark_processed(polled)
                 elif dead is not None and dead.pending:
                     dead.pump()
                 if time.monotonic() - last_lag > 1.0:
                     source.refresh_lag()
-                    if self.monitor.windows.replaying:
-                        self.monitor.windows.caught_up(source.positions())
-                    self._read_aside(secret)
+                    # a partition with records waiting is never idle (service/windows.py)
+                    self.monitor.windows.note_lag(source.lag())
                     last_lag = time.monotonic()
                 source.maybe_commit()
         except Exception:
             log.exception("monitor %s: consumer loop failed", self.monitor.name)
             raise
         finally:
-            for reader in self._side_readers.values():
-                reader.stop()
             source.close(timeout=5.0)
             if dead is not None:
                 dead.close(timeout=1.0)
             log.info("monitor %s: consumer stopped, %d records consumed, committed offsets %s", self.monitor.name,
                      self.monitor.consumed_total(), dict(sorted(source.committed.items())))
-
-    def _read_aside(self, secret: Callable[[str], str | None]) -> None:
-        """Start a second reader for the ranges the windows want read again (horizon windows
-        after a restart); stop those of an assignment that is over."""
-        wanted: dict[int, dict[int, tuple[int, int]]] = {}
-        for p, (lo, hi, generation) in self.monitor.windows.side_reads().items():
-            wanted.setdefault(generation, {})[p] = (lo, hi)
-        for key, reader in list(self._side_readers.items()):
-            if key[0] not in wanted:  # (a reader is never started twice for a range: it would add twice)
-                reader.stop()
-                del self._side_readers[key]
-        for generation, ranges in wanted.items():
-            covered = set().union(*(parts for (g, parts) in self._side_readers if g == generation))
-            todo = {p: r for p, r in ranges.items() if p not in covered}
-            if not todo:
-                continue
-            name = self.monitor.name
-            log.info("monitor %s: rebuilding the open horizon windows: reading partitions' offsets %s again "
-                     "beside the consumer", name, {p: f"{lo}..{hi}" for p, (lo, hi) in sorted(todo.items())})
-            reader = RangeReader(
-                self.monitor.settings.kafka, secret, todo,
-                lambda polled, g=generation: self.monitor.add_side(polled, g),
-                lambda p, g=generation: self._aside_done(p, g),
-                self.monitor.needs_record_timestamps, f"rebuild-{name}-{generation}")
-            self._side_readers[(generation, frozenset(todo))] = reader
-            reader.start()
-
-    def _aside_done(self, partition: int, generation: int) -> None:
-        self.monitor.windows.side_done(partition, generation)
-        log.info("monitor %s: partition %d read again for the horizon windows", self.monitor.name, partition)
 
     def _dead_letters(self, secret: Callable[[str], str | None]) -> DeadLetters | None:
         settings = self.monitor.settings.kafka
@@ -167,8 +141,11 @@ class Service:
                                               ms.retrain.timeout, ms.retrain.initial_backoff, ms.retrain.max_backoff)
             self.monitors.append(Monitor(ms, i, self.metrics, trigger, clock, self.store))
         self.metrics.add_monitors(self.monitors, set(endpoints))
+        by_name = {m.name: m for m in self.monitors}
         self.dispatcher = Dispatcher(
-            self.store, endpoints, lambda m, status: self.metrics.webhook_deliveries.labels(m, status).inc(), clock)
+            self.store, endpoints, lambda m, status: self.metrics.webhook_deliveries.labels(m, status).inc(), clock,
+            # a standby sharing the state file leaves the active instance's requests to it
+            active=lambda name: by_name[name].role() != "standby")
         self.consumers = [ConsumerLoop(m, secrets, self.metrics) for m in self.monitors]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._reference_mtimes: dict[str, float] = {}

@@ -24,62 +24,38 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from driftline.collectors import schema
+from driftline.collectors.schema import (
+    EnvName,
+    EventTimeSpec,
+    FieldSpec,
+    KafkaSettings,
+    LatencySpec,
+    PositiveSeconds,
+    PredictionSpec,
+    Seconds,
+    Threshold,
+    format_duration,
+    parse_duration,
+    positive,
 )
+from driftline.collectors.schema import Model as _Model
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .drift import METHODS, ColumnKind
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+__all__ = ["ColumnKind", "EventSchema", "EventTimeSpec", "FeatureSpec", "FieldSpec", "KafkaSettings",
+           "LatencySpec", "MonitorSettings", "PredictionSpec", "Settings", "format_duration"]
 
 
-def _parse_duration(value: Any) -> float:
-    """'90s', '5m', '1h', '1d', '250ms' or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest spelling: 300 -> '5m', 86400 -> '1d', 90 -> '90s', 0.5 -> '500ms'."""
-    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    return f"{seconds * 1000:g}ms"
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than zero")
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_parse_duration)]
-PositiveSeconds = Annotated[float, BeforeValidator(_parse_duration), AfterValidator(_positive)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-Threshold = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _known_method(v: str | None) -> str | None:
+    if v is not None and v not in METHODS:
+        raise ValueError(f"unknown drift method {v!r}; available: {', '.join(sorted(METHODS))}")
+    return v
 
 
 class ServiceSettings(_Model):
@@ -101,112 +77,15 @@ class ServiceSettings(_Model):
         return v
 
 
-class KafkaSettings(_Model):
-    bootstrap_servers: list[str] = Field(min_length=1)
-    topic: str = Field(min_length=1)
-    group_id: str = Field(min_length=1)
-    group_instance_id: str | None = Field(
-        None, min_length=1, description="static group membership: a stable name per instance (e.g. its "
-        "StatefulSet pod name), so a restarted instance takes its partitions back at once")
-    client_id: str = "driftline"
-    auto_offset_reset: Literal["earliest", "latest"] = "latest"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username_env: EnvName | None = None
-    sasl_password_env: EnvName | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password_env: EnvName | None = None
-    ssl_check_hostname: bool = True
-    # With SSL/SASL_SSL, each bootstrap server's TLS handshake must complete within this
-    # before the consumer starts (collectors/kafka.py, KafkaSource): kafka-python puts no
-    # deadline on the handshake itself.
-    connect_timeout: PositiveSeconds = 5.0
-    # Tansu (and some brokers) can stall a consumer-group join until the rebalance
-    # timeout; a modest poll interval bounds that (PRODUCT.md).
-    max_poll_interval: PositiveSeconds = 10.0
-    session_timeout: PositiveSeconds = 10.0
-    request_timeout: PositiveSeconds = 30.0
-    commit_interval: PositiveSeconds = 5.0
-    max_poll_records: int = Field(2000, ge=1)
-    # invalid records are copied here, unchanged, with their origin and error in headers
-    dead_letter_topic: str | None = Field(None, min_length=1)
-    # copies not yet acknowledged are held in memory; beyond this consumption pauses until
-    # they are down to half of it (collectors/kafka.py, DeadLetters)
-    dead_letter_max_pending_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
-
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> KafkaSettings:
-        if self.security_protocol.startswith("SASL"):
-            missing = [f for f in ("sasl_mechanism", "sasl_username_env", "sasl_password_env")
-                       if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
-        return self
-
-
-class FieldSpec(_Model):
-    """Where a value lives in an event: a dotted path into the JSON object."""
-
-    path: str = Field(min_length=1, pattern=r"^[^.\s][^\s]*$")
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return tuple(self.path.split("."))
-
-
-class FeatureSpec(FieldSpec):
-    type: ColumnKind | None = Field(None, description="numerical or categorical; default: the reference's")
-    method: str | None = Field(None, description="Evidently method name; default: Evidently's choice")
-    threshold: Threshold | None = None
-
+class FeatureSpec(schema.FeatureSpec):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str | None) -> str | None:
-        if v is not None and v not in METHODS:
-            raise ValueError(f"unknown drift method {v!r}; available: {', '.join(sorted(METHODS))}")
-        return v
+        return _known_method(v)
 
 
-class EventTimeSpec(FieldSpec):
-    format: Literal["epoch_seconds", "epoch_millis", "iso8601"] = "epoch_seconds"
-
-
-class PredictionSpec(FieldSpec):
-    column: str = Field("prediction", description="the prediction's column in the reference data")
-    type: ColumnKind | None = None
-    method: str | None = None
-    threshold: Threshold | None = None
-
-
-class LatencySpec(FieldSpec):
-    unit: Literal["s", "ms", "us"] = "ms"
-
-
-class EventSchema(_Model):
-    """How to read one serving event (a JSON object) into features and context."""
-
-    features: dict[str, FeatureSpec] = Field(min_length=1)
-    event_time: EventTimeSpec | None = Field(
-        None, description="required for time windows; else the Kafka record timestamp is used")
-    prediction: PredictionSpec | None = None
-    latency: LatencySpec | None = None
-    model_version: FieldSpec | None = None
-    unknown_fields: Literal["reject", "ignore"] = Field(
-        "reject", description="an event field no path mentions makes the event invalid (reject) or not")
-    allowed_extra_fields: list[str] = Field(default_factory=list, description="dotted paths always accepted")
-    max_event_bytes: int = Field(1_048_576, ge=64)
-
-    @field_validator("features", mode="before")
-    @classmethod
-    def _features_shorthand(cls, v: Any) -> Any:
-        # `features: [a, b]` means each feature at the top-level key of its name.
-        if isinstance(v, list):
-            return {name: {"path": name} for name in v}
-        if isinstance(v, dict):
-            return {k: ({"path": k} if spec is None else spec) for k, spec in v.items()}
-        return v
+class EventSchema(schema.EventSchema):
+    features: dict[str, FeatureSpec] = Field(min_length=1)  # type: ignore[assignment]
 
 
 class ReferenceSettings(_Model):
@@ -221,8 +100,15 @@ class WindowSettings(_Model):
     allowed_lateness: Seconds = 5.0
     min_events: int = Field(100, ge=1, description="fewer events: insufficient data, never alerts")
     evaluation_interval: PositiveSeconds = Field(1.0, description="how often closed windows are looked for")
+    idle_timeout: PositiveSeconds | None = Field(
+        None, description="a partition with nothing to read for this long stops holding time windows back; "
+        "default: three windows, at most 5 minutes")
     horizons: list[PositiveSeconds] = Field(
         default_factory=list, description="longer windows (multiples of size) built from the same buckets")
+
+    @property
+    def idle_seconds(self) -> float:
+        return self.idle_timeout if self.idle_timeout is not None else min(3 * self.size, 300.0)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -253,7 +139,7 @@ class WindowSettings(_Model):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError("a count window's size is a whole number of events (>= 1)")
             return float(v)
-        return _positive(_parse_duration(v))
+        return positive(parse_duration(v))
 
 
 class DriftSettings(_Model):
@@ -266,7 +152,7 @@ class DriftSettings(_Model):
     @field_validator("method", "num_method", "cat_method")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        return FeatureSpec._known_method(v)
+        return _known_method(v)
 
 
 class RetrainSettings(_Model):

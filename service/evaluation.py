@@ -17,8 +17,8 @@ from typing import Any
 
 from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
+from .profile import WindowProfile
 from .reference import ReferenceProfile
-from .window import WindowProfile
 
 
 class WindowStatus(str, Enum):
@@ -56,9 +56,6 @@ class WindowResult:
     reference_hash: str
     evaluated_at: float
     duration_seconds: float
-    # a share: the events of these partitions only, of a window evaluated before without
-    # them (a partition handed over from a process that had not closed it; see window.py)
-    partitions: tuple[int, ...] | None = None
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:
@@ -122,8 +119,7 @@ def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings
         drift_share_threshold=drift.drift_share,
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
-        evaluated_at=time.time(), duration_seconds=time.perf_counter() - started,
-        partitions=window.partitions)
+        evaluated_at=time.time(), duration_seconds=time.perf_counter() - started)
 
 
 def _num(x: float | None) -> float | None:
@@ -147,5 +143,4 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
             "features": [feature_json(f) for f in r.features],
             "prediction": feature_json(r.prediction) if r.prediction else None,
             "model_versions": r.model_versions, "reference_hash": r.reference_hash,
-            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds,
-            "partitions": list(r.partitions) if r.partitions is not None else None}
+            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}

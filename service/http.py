@@ -30,12 +30,14 @@ log = logging.getLogger("driftline.http")
 
 
 def monitor_json(m: Monitor) -> dict[str, Any]:
-    return {"name": m.name, "ready": m.ready(), "topic": m.settings.kafka.topic,
+    return {"name": m.name, "ready": m.ready(), "role": m.role(), "topic": m.settings.kafka.topic,
             "window": {"type": m.settings.window.type, "size": m.settings.window.size,
                        "min_events": m.settings.window.min_events},
             "reference": {"path": str(m.settings.reference.path), "content_hash": m.reference.content_hash},
             "open_window_events": m.open_window_events(),
             "consumer_lag": {str(p): lag for p, lag in m.consumer_lag().items()},
+            # per partition: its event time, and whether it is idle (no longer holding windows back)
+            "partitions": {str(p): d for p, d in m.windows.describe_partitions().items()},
             "latest_window": result_json(m.latest_result()),
             "latest_evaluated_window": result_json(m.latest_evaluated()),
             "horizons": {h: {"latest_window": result_json(m.latest_result(h)),

@@ -33,6 +33,7 @@ from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
 from .evaluation import FeatureDrift, WindowResult, evaluate_window, feature_json
 from .monitor import MonitorSetupError, feature_kinds
+from .profile import WindowProfile
 from .reference import (
     ReferenceError,
     ReferenceProfile,
@@ -41,7 +42,6 @@ from .reference import (
     category_label,
     load_profile,
 )
-from .window import WindowProfile
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
 BATCH_ROWS = 250_000

@@ -22,21 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from driftline.collectors.schema import category_label
 
 from .drift import ColumnKind, ColumnSample
 
+__all__ = ["ReferenceColumn", "ReferenceError", "ReferenceProfile", "build_profile", "category_label",
+           "load_profile", "save_profile"]
+
 FORMAT = "driftline-reference"
 FORMAT_VERSION = 1
-
-
-def category_label(value: Any) -> str:
-    """The one spelling of a category on both sides: integral floats as integers
-    (pandas turns an int column with gaps into floats), everything else as str()."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, np.generic):
-        return category_label(value.item())
-    return str(value)
 
 
 @dataclass

@@ -1,17 +1,22 @@
-"""The service's local store (SQLite): checkpoints, window results, the webhook outbox
-and the retraining cooldowns.
+"""The service's local store (SQLite): each monitor's state, window results, the webhook
+outbox and the retraining cooldowns.
 
-A monitor's checkpoint (per partition what is accounted for, the window markers, the
-retraining streak) and the results of the windows that closed since the last one are
-written in one transaction; Kafka offsets are committed only from a checkpoint already
-written. A retraining request is written here before any attempt to deliver it, so it
-survives a restart and keeps its webhook-id on every retry. Only positions, counts, drift
-scores and request bodies are stored, never a raw feature value.
+A monitor's state (its window profiles, every partition's position and event time, the
+retraining streak) and the results of the windows that closed since it was last written
+go in one transaction; Kafka offsets are committed only from state already written. Only
+the profiles that changed are written again. A retraining request is written here before
+any attempt to deliver it, so it survives a restart and keeps its webhook-id on every retry.
+
+The window profiles hold sampled raw feature values (the same values the source topic
+holds, at most the exactness budget per feature per window), so the file is created with
+mode 0600 (its -wal and -shm files follow the database file's mode).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -37,10 +42,17 @@ CREATE TABLE IF NOT EXISTS retrain_state (
     monitor TEXT PRIMARY KEY,
     last_requested_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS checkpoints (
+DROP TABLE IF EXISTS checkpoints;  -- the checkpoints of driftline before window profiles were stored
+CREATE TABLE IF NOT EXISTS monitor_state (
     monitor TEXT PRIMARY KEY,
-    state TEXT NOT NULL,  -- JSON: partition positions, window markers, retraining streak
+    meta TEXT NOT NULL,  -- JSON: positions, event times, window markers, retraining streak
     saved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS monitor_windows (
+    monitor TEXT NOT NULL,
+    key TEXT NOT NULL,  -- b<bucket>, c<count window>, h<horizon>
+    profile BLOB NOT NULL,  -- WindowProfile.to_bytes()
+    PRIMARY KEY (monitor, key)
 );
 CREATE TABLE IF NOT EXISTS window_results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,11 +100,15 @@ class OutboxMessage:
     attempts: int
 
 
+log = logging.getLogger("driftline.store")
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -105,16 +121,26 @@ class Store:
         with self._lock:
             self._db.close()
 
-    # -- checkpoints ---------------------------------------------------------------------
-    def save_checkpoint(self, monitor: str, state: dict[str, Any], results: list[ResultRow], now: float) -> None:
-        """The monitor's state and the results of the windows it closed, atomically."""
+    # -- monitor state -------------------------------------------------------------------
+    def save_state(self, monitor: str, meta: dict[str, Any], blobs: dict[str, bytes], keys: set[str],
+                   results: list[ResultRow], now: float) -> None:
+        """In one transaction: the monitor's meta, the profiles in `blobs` (changed ones),
+        no profile whose key is not in `keys`, and the results of the windows closed since."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO checkpoints (monitor, state, saved_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(monitor) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
-                    (monitor, json.dumps(state, separators=(",", ":"), sort_keys=True), now))
+                    "INSERT INTO monitor_state (monitor, meta, saved_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(monitor) DO UPDATE SET meta = excluded.meta, saved_at = excluded.saved_at",
+                    (monitor, json.dumps(meta, separators=(",", ":"), sort_keys=True), now))
+                gone = [k for (k,) in self._db.execute("SELECT key FROM monitor_windows WHERE monitor = ?",
+                                                        (monitor,)) if k not in keys]
+                self._db.executemany("DELETE FROM monitor_windows WHERE monitor = ? AND key = ?",
+                                     [(monitor, k) for k in gone])
+                self._db.executemany(
+                    "INSERT INTO monitor_windows (monitor, key, profile) VALUES (?, ?, ?) "
+                    "ON CONFLICT(monitor, key) DO UPDATE SET profile = excluded.profile",
+                    [(monitor, k, sqlite3.Binary(v)) for k, v in blobs.items()])
                 if results:
                     self._db.executemany(
                         "INSERT INTO window_results (monitor, horizon, window_start, window_end, events, status, "
@@ -130,10 +156,17 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def load_checkpoint(self, monitor: str) -> dict[str, Any] | None:
+    def load_state(self, monitor: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        """The monitor's meta and every stored profile's bytes (None: no state stored)."""
         with self._lock:
-            row = self._db.execute("SELECT state FROM checkpoints WHERE monitor = ?", (monitor,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+            self._db.execute("BEGIN")
+            try:
+                row = self._db.execute("SELECT meta FROM monitor_state WHERE monitor = ?", (monitor,)).fetchone()
+                blobs = {k: bytes(v) for k, v in self._db.execute(
+                    "SELECT key, profile FROM monitor_windows WHERE monitor = ?", (monitor,))}
+            finally:
+                self._db.execute("COMMIT")
+        return None if row is None else (dict(json.loads(row[0])), blobs)
 
     def window_results(self, monitor: str, limit: int = 100) -> list[tuple[ResultRow, float]]:
         """The latest window results of a monitor, newest first, with when they were recorded."""
@@ -221,3 +254,16 @@ class Store:
             row = self._db.execute("SELECT last_requested_at FROM retrain_state WHERE monitor = ?",
                                    (monitor,)).fetchone()
         return None if row is None else float(row[0])
+
+
+def _private(path: str) -> None:
+    """Create the database file readable by its owner only, and make an existing one so."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+                log.warning("%s was readable by others: now 0600 (it holds sampled feature values)", p)
+        except FileNotFoundError:
+            pass

@@ -70,8 +70,10 @@ class Dispatcher:
 
     def __init__(self, store: Store, endpoints: dict[str, Endpoint],
                  on_attempt: Callable[[str, str], None], clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, parallel: int = 8) -> None:
+                 rng: random.Random | None = None, parallel: int = 8,
+                 active: Callable[[str], bool] = lambda monitor: True) -> None:
         self._store, self._endpoints, self._on_attempt = store, endpoints, on_attempt
+        self._active = active  # monitors whose requests this instance delivers
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = threading.Lock()  # guards _busy, _closed and the rng
@@ -85,7 +87,7 @@ class Dispatcher:
         with self._lock:
             if self._closed:
                 return 0
-            idle = [m for m in self._endpoints if m not in self._busy]
+            idle = [m for m in self._endpoints if m not in self._busy and self._active(m)]
         by_monitor: dict[str, list[OutboxMessage]] = {}
         for msg in self._store.due(self._clock(), idle):
             by_monitor.setdefault(msg.monitor, []).append(msg)

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from driftline.collectors.local_broker import LocalBroker
+from driftline.service.demo.broker import LocalBroker
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import write_training_data
 from driftline.service.reference import build_profile, save_profile

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from driftline.collectors.local_broker import free_port
+from driftline.service.demo.broker import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")

@@ -180,12 +180,13 @@ def test_a_method_must_apply_to_the_feature_kind(tmp_path: Path, reference_path:
 def test_the_example_configuration_shows_every_field() -> None:
     """deploy/driftline.example.yaml promises every field: each field of each settings model
     appears there (as a key, or in a comment for the alternatives it shows)."""
+    from driftline.collectors import schema
     from driftline.service import config
     from pydantic import BaseModel
 
     text = (Path(__file__).parents[1] / "deploy" / "driftline.example.yaml").read_text()
-    models = [m for m in vars(config).values()
-              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == config.__name__]
+    models = {m for module in (config, schema) for m in vars(module).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == module.__name__}
     fields = {(m.__name__, name) for m in models for name in m.model_fields}
     assert len(fields) > 60
     missing = sorted(f"{m}.{name}" for m, name in fields if not re.search(rf"\b{name}\b", text))

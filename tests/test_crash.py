@@ -1,21 +1,19 @@
-"""Crash safety and rebalances, with `driftline run` processes and a real Tansu broker.
+"""Crash safety and standbys, with `driftline run` processes and a real Tansu broker.
 
-- kill -9 at random moments, DRIFTLINE_CRASH_KILLS times (6 by default), while traffic
-  flows into three partitions: after the restarts, every window's event count and drift
-  numbers equal those of a run that was never interrupted, reading the same topic, and
-  each window is recorded once: the 10 s buckets and the 30 s horizon windows merging them
-  (rebuilt after a restart by reading their closed buckets again). The retraining request the drifted windows make is
-  delivered with the same webhook-id as the uninterrupted run's.
-- Two processes in one consumer group, the second joining and later leaving mid-window
-  (count and time windows): every event is in exactly one window of one of them, closed
-  or open. With time windows the second process replays a backlog and lags: the windows
-  it hands back were closed by the first already, which evaluates their share of them
-  (a lane, see service/window.py); per window, the events of both equal a single run's.
+- kill -9 at random moments, DRIFTLINE_CRASH_KILLS times (10 by default), while traffic
+  flows into three partitions, with time windows closed by event time with no allowed
+  lateness: after the restarts, every window's event count and drift numbers equal those
+  of a run that was never interrupted, reading the same topic, and each window is recorded
+  once: the 10 s buckets and the 30 s horizon windows merging them (restored from the
+  checkpoint). The retraining request the drifted windows make is delivered with the same
+  webhook-id as the uninterrupted run's. The same with count windows: every window holds
+  exactly its size, none is recorded twice, none lost.
+- A second instance of the monitor in the same group stands by; when the active one is
+  killed it takes over: from the active one's checkpoint when they share the state file
+  (every window then equals an uninterrupted run's), from the committed offsets otherwise
+  (each event in exactly one window of one of them, and the log names what starts over).
 
-- The horizon rebuild's second reader (a consumer outside the group) reads exactly the
-  offset ranges it is given, and gives its partitions up instead of hanging on a failure.
-
-Each run writes its window results to its own state file; the test reads them there.
+Each run writes its window results to its state file; the test reads them there.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import threading
@@ -38,7 +37,7 @@ from tests.helpers import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
-KILLS = int(os.environ.get("DRIFTLINE_CRASH_KILLS", "6"))
+KILLS = int(os.environ.get("DRIFTLINE_CRASH_KILLS", "10"))
 PARTITIONS = 3
 WINDOW_S = 10.0
 SPACING_S = 0.01  # event time between two events: 1,000 events per window
@@ -69,10 +68,10 @@ def traffic_events() -> list[tuple[int, bytes]]:
 
 
 def config(bootstrap: str, topic: str, reference: Path, group: str, receiver_url: str | None = None,
-           instance: str | None = None, lateness: str = "30s", horizons: tuple[str, ...] = ()) -> dict[str, Any]:
+           instance: str | None = None, lateness: str = "0s", horizons: tuple[str, ...] = ()) -> dict[str, Any]:
     conf = monitor_config(
         "credit-risk", bootstrap, topic, reference,
-        # lateness covers the skew between partitions read in fetch-sized chunks
+        # no lateness allowed: each partition is in order, and windows close on the slowest
         window={"type": "time", "size": "10s", "allowed_lateness": lateness, "min_events": 200,
                 "horizons": list(horizons)},
         kafka={"bootstrap_servers": [bootstrap], "topic": topic, "group_id": group, "auto_offset_reset": "earliest",
@@ -87,13 +86,14 @@ def config(bootstrap: str, topic: str, reference: Path, group: str, receiver_url
 
 
 def results(state: Path, horizon: str = "10s") -> list[dict[str, Any]]:
-    """The bucket windows recorded in a state file (count windows: horizon "")."""
+    """The bucket windows recorded in a state file (count windows, or all: horizon "")."""
     if not state.exists():
         return []
     db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
     try:
-        rows = db.execute("SELECT result FROM window_results WHERE horizon = ? OR ? = '' ORDER BY window_start, id",
-                          (horizon, horizon))
+        # (not the far-future closers' window: it closes too, by the wall clock, once traffic stops)
+        rows = db.execute("SELECT result FROM window_results WHERE (horizon = ? OR ? = '') AND window_start < ? "
+                          "ORDER BY window_start, id", (horizon, horizon, T0 + 86400.0))
         return [json.loads(r[0]) for r in rows]
     except sqlite3.OperationalError:  # not created yet
         return []
@@ -104,6 +104,24 @@ def results(state: Path, horizon: str = "10s") -> list[dict[str, Any]]:
 def comparable(r: dict[str, Any]) -> dict[str, Any]:
     """A window result without what depends on when it was computed."""
     return {k: v for k, v in r.items() if k not in ("evaluated_at", "evaluation_seconds")}
+
+
+def kill_at_random_moments(proc: ServiceProcess, kills: int) -> None:
+    """SIGKILL `proc` `kills` times, each at a random moment (mostly while it reads, sometimes
+    while it starts or joins the group), restarting it after each."""
+    rng = random.Random(int(os.environ.get("DRIFTLINE_CRASH_SEED", "7")))
+    kill_log = []
+    for k in range(kills):
+        if rng.random() < 0.75:
+            wait_until(lambda: proc.get("/readyz")[0] == 200 if proc._answers("/healthz") else False, 60,
+                       what="the restarted process to read its partitions")
+        time.sleep(rng.uniform(0.3, 4.0))
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
+        kill_log.append((k, len(results(proc.workdir / "state.sqlite", horizon=""))))
+        proc.start(wait_ready=False)
+    print(f"\nkilled at (kill, windows recorded so far): {kill_log}")
 
 
 def produce_slowly(bootstrap: str, topic: str, events: list[tuple[int, bytes]], seconds: float) -> threading.Thread:
@@ -143,22 +161,8 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     crashing.start(wait_ready=False)
     producer = produce_slowly(broker.bootstrap, topic, traffic_events(), seconds=50)
 
-    rng = random.Random(int(os.environ.get("DRIFTLINE_CRASH_SEED", "7")))
-    kill_log = []
-    for k in range(KILLS):
-        # any moment: mostly once it reads (replaying, counting, evaluating), sometimes while
-        # it starts or joins the group
-        if rng.random() < 0.75:
-            wait_until(lambda: crashing.get("/readyz")[0] == 200 if crashing._answers("/healthz") else False, 60,
-                       what="the restarted process to read its partitions")
-        time.sleep(rng.uniform(0.3, 5.0))
-        assert crashing.proc is not None
-        crashing.proc.send_signal(signal.SIGKILL)
-        crashing.proc.wait(10)
-        kill_log.append((k, len(results(crashing.workdir / "state.sqlite"))))
-        crashing.start(wait_ready=False)
+    kill_at_random_moments(crashing, KILLS)
     producer.join(120)
-    print(f"\nkilled at (kill, windows recorded so far): {kill_log}")
 
     wait_until(lambda: len(results(steady.workdir / "state.sqlite")) >= WINDOWS, 120,
                what="the uninterrupted run's windows")
@@ -180,6 +184,8 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     got_30s = results(crashing.workdir / "state.sqlite", "30s")
     assert [r["events"] for r in want_30s] == [3000] * (WINDOWS // 3)
     assert [comparable(r) for r in got_30s] == [comparable(r) for r in want_30s]
+    for run in (steady, crashing):  # no lateness allowed, and no event late: windows close on the slowest
+        assert run.sample("driftline_events_late_total") == 0.0
     drifted = [w for w, r in enumerate(want) if r["dataset_drift"]]
     assert set(drifted) <= set(DRIFTED) and len(drifted) >= 3, drifted
 
@@ -190,97 +196,133 @@ def test_kill_9_at_random_moments_changes_no_window_and_no_webhook_id(
     assert len(ids) == 1, ids
 
 
-@pytest.mark.parametrize("window", ["count", "time"])
-def test_a_second_process_joining_then_leaving_counts_every_event_once(
-        services, tmp_path, broker, reference_path, window: str) -> None:
-    """Whatever the two processes' windows, every event of the topic is in exactly one of
-    them (closed in either, or open in the one that stays); with time windows, per window
-    start the events of both processes' windows (shares included) are a single run's 1,000."""
-    topic = f"rebalance-{uuid.uuid4().hex[:10]}"
+def test_kill_9_at_random_moments_with_count_windows_loses_no_event_and_records_no_window_twice(
+        services, tmp_path, broker, reference_path) -> None:
+    """Count windows take events in the order they are read, which differs from run to run
+    over several partitions: every window holds exactly its size, every event is in one."""
+    topic = f"crash-count-{uuid.uuid4().hex[:10]}"
     broker.create_topic(topic, partitions=PARTITIONS)
-    group = f"shared-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "crashing").mkdir()
+    conf = config(broker.bootstrap, topic, reference_path, f"count-{uuid.uuid4().hex[:6]}", None, "count-0")
+    conf["window"] = {"type": "count", "size": 700, "min_events": 200}
+    crashing = ServiceProcess(tmp_path / "crashing", [conf])
+    services.append(crashing)
+    crashing.start(wait_ready=False)
     events = traffic_events()
-    procs = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        # time windows: a lateness the pause below exceeds, so the windows the second process
-        # hands back are closed in the first one already
-        conf = config(broker.bootstrap, topic, reference_path, group, lateness="10s")
-        if window == "count":
-            conf["window"] = {"type": "count", "size": 1000, "min_events": 200}
-        procs.append(ServiceProcess(tmp_path / name, [conf]))
-    a, b = procs
-    services.extend(procs)
-    a.start()
-    producer = produce_slowly(broker.bootstrap, topic, events, seconds=50)
-    time.sleep(12)
-    b.start(wait_ready=False)
-    wait_until(lambda: "assigned partitions [" in b.log() and "assigned partitions []" not in b.log(), 60,
-               what="the second process to get partitions")
-    time.sleep(8)
-    # it stalls for 4 s (a GC pause, a slow node; within the 6 s session) while the first
-    # reads on, then leaves
-    assert b.proc is not None
-    b.proc.send_signal(signal.SIGSTOP)
-    time.sleep(4)
-    b.proc.send_signal(signal.SIGCONT)
-    assert b.stop() == 0  # leaves mid-window: its partitions and open window go back to the first
+    producer = produce_slowly(broker.bootstrap, topic, events, seconds=40)
+    kill_at_random_moments(crashing, KILLS)
     producer.join(120)
+    wait_until(lambda: crashing._answers("/readyz"), 60, what="the last restart")
 
     def accounted() -> int:
-        closed = sum(r["events"] for p in procs for r in results(p.workdir / "state.sqlite", horizon=""))
-        return closed + a.monitor("credit-risk")["open_window_events"]
+        closed = sum(r["events"] for r in results(crashing.workdir / "state.sqlite", horizon=""))
+        return closed + crashing.monitor("credit-risk")["open_window_events"]
 
     wait_until(lambda: accounted() >= len(events), 120, what="every event in a window")
     time.sleep(3.0)  # an event counted twice would show up by now
-    b_windows = results(b.workdir / "state.sqlite", horizon="")
-    print(f"\nthe second process evaluated {len(b_windows)} windows")
-    assert b_windows, "the second process never evaluated a window: the rebalance was not exercised"
-    assert "revoked" in a.log() and "partitions moved" in a.log()
+    got = results(crashing.workdir / "state.sqlite", horizon="")
     assert accounted() == len(events)
-    if window == "time":
-        per_window: dict[float, int] = {}
-        for proc in procs:
-            for r in results(proc.workdir / "state.sqlite"):
-                per_window[r["window_start"]] = per_window.get(r["window_start"], 0) + r["events"]
-        assert per_window == {T0 + w * WINDOW_S: 1000 for w in range(WINDOWS)}
-        shares = [r for r in results(a.workdir / "state.sqlite") if r["partitions"] is not None]
-        print(f"the first process evaluated {len(shares)} shares of windows handed back")
+    assert [r["events"] for r in got] == [700] * (len(events) // 700)
 
 
-def test_the_second_reader_reads_exactly_its_ranges_and_gives_up_cleanly(broker) -> None:
-    """The horizon rebuild's RangeReader (a consumer outside the group) hands over exactly the
-    records of [from, to) per partition, says when each is done, and ends; one whose
-    receiver fails gives its partitions up (done) instead of leaving them waiting."""
-    from driftline.collectors.kafka import Polled, RangeReader
-    from driftline.service.config import KafkaSettings
+def standby_pair(tmp_path: Path, bootstrap: str, topic: str, reference: Path, shared: bool
+                 ) -> tuple[ServiceProcess, ServiceProcess]:
+    group = f"pair-{uuid.uuid4().hex[:6]}"
+    procs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        # (no static membership: Tansu never expires a static member that died, so its
+        # partitions would stay with it; Kafka does after session_timeout)
+        procs.append(ServiceProcess(tmp_path / name, [config(bootstrap, topic, reference, group, None, None,
+                                                             horizons=("30s",))],
+                                    service={"state_path": str(tmp_path / "shared.sqlite")} if shared else None))
+    return procs[0], procs[1]
 
-    from tests.helpers import produce
 
-    topic = f"ranges-{uuid.uuid4().hex[:10]}"
-    broker.create_topic(topic, partitions=2)
-    for p in (0, 1):
-        produce(broker.bootstrap, topic, [f"{p}-{i}".encode() for i in range(100)], partition=p)
-    settings = KafkaSettings(bootstrap_servers=[broker.bootstrap], topic=topic, group_id="unused")
+def test_a_standby_sharing_the_state_file_takes_over_with_the_windows_in_progress(
+        services, tmp_path, broker, reference_path) -> None:
+    """Two instances of one monitor in one group: one reads, the other stands by (it says so
+    in the API and the log). The active one is killed mid-window; the standby takes its
+    partitions and its checkpoint over: every window equals an uninterrupted run's."""
+    topic = f"standby-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic, partitions=PARTITIONS)
+    (tmp_path / "steady").mkdir()
+    steady = ServiceProcess(tmp_path / "steady", [config(broker.bootstrap, topic, reference_path,
+                                                         f"steady-{uuid.uuid4().hex[:6]}", horizons=("30s",))])
+    a, b = standby_pair(tmp_path, broker.bootstrap, topic, reference_path, shared=True)
+    services.extend([steady, a, b])
+    steady.start()
+    a.start()
+    wait_until(lambda: a.monitor("credit-risk")["role"] == "active", 30, what="the first instance to be active")
+    b.start()
+    wait_until(lambda: b.monitor("credit-risk")["role"] == "standby", 30, what="the second to stand by")
+    producer = produce_slowly(broker.bootstrap, topic, traffic_events(), seconds=40)
+    time.sleep(15)
+    assert a.monitor("credit-risk")["role"] == "active" and b.monitor("credit-risk")["role"] == "standby"
+    assert "standby for" in b.log()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    wait_until(lambda: b.monitor("credit-risk")["role"] == "active", 60, what="the standby to take over")
+    producer.join(120)
+    shared = tmp_path / "shared.sqlite"
+    for state in (steady.workdir / "state.sqlite", shared):
+        wait_until(lambda: len(results(state)) >= WINDOWS, 120, what="every window")  # noqa: B023
+    time.sleep(3.0)
+    want, got = results(steady.workdir / "state.sqlite"), results(shared)
+    assert [r["events"] for r in want] == [1000] * WINDOWS
+    assert [comparable(r) for r in got] == [comparable(r) for r in want]
+    assert [comparable(r) for r in results(shared, "30s")] == \
+        [comparable(r) for r in results(steady.workdir / "state.sqlite", "30s")]
+    assert "windows in progress restored from the checkpoint" in b.log()
 
-    got: list[tuple[int, int, bytes | None]] = []
-    done: list[int] = []
 
-    def deliver(polled: Polled) -> bool:
-        got.extend((*polled.origin(i)[:2], polled.values[i]) for i in range(len(polled)))
-        return True
+def test_a_standby_with_its_own_state_file_takes_over_from_the_committed_offsets(
+        services, tmp_path, broker, reference_path) -> None:
+    """Without the active one's state file the standby reads on from the committed offsets:
+    the window in progress starts over with the events from there on (the log names it), no
+    window is evaluated by both, and every event is in exactly one window of one of them (the
+    first one's in-progress window stays in its state file)."""
+    topic = f"standby-own-{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic, partitions=PARTITIONS)
+    a, b = standby_pair(tmp_path, broker.bootstrap, topic, reference_path, shared=False)
+    services.extend([a, b])
+    a.start()
+    wait_until(lambda: a.monitor("credit-risk")["role"] == "active", 30, what="the first instance to be active")
+    b.start()
+    events = traffic_events()
+    producer = produce_slowly(broker.bootstrap, topic, events, seconds=40)
+    time.sleep(15)
+    assert a.stop() == 0  # leaves (a rolling update): it checkpoints and commits on the way out
+    wait_until(lambda: b.monitor("credit-risk")["role"] == "active", 60, what="the standby to take over")
+    producer.join(120)
+    a_windows = results(a.workdir / "state.sqlite")
+    a_open = in_progress(a.workdir / "state.sqlite")
+    assert len(a_open) == 1, a_open  # stopped mid-window
 
-    reader = RangeReader(settings, lambda _: None, {0: (10, 30), 1: (99, 100)}, deliver, done.append, False, "t")
-    reader.start()
-    reader.join(60)
-    assert not reader.is_alive() and sorted(done) == [0, 1]
-    assert sorted(got) == [(0, o, f"0-{o}".encode()) for o in range(10, 30)] + [(1, 99, b"1-99")]
+    def accounted() -> int:
+        closed = sum(r["events"] for r in a_windows + results(b.workdir / "state.sqlite"))
+        return closed + sum(a_open.values()) + b.monitor("credit-risk")["open_window_events"]
 
-    def broken(polled: Polled) -> bool:
-        raise RuntimeError("a bug")
+    wait_until(lambda: accounted() >= len(events), 120, what="every event in a window")
+    time.sleep(3.0)
+    b_windows = results(b.workdir / "state.sqlite")
+    assert a_windows and b_windows
+    assert not {r["window_start"] for r in a_windows} & {r["window_start"] for r in b_windows}
+    assert accounted() == len(events)
+    [(start, before)] = a_open.items()
+    [first] = [r for r in b_windows if r["window_start"] == start]
+    assert first["events"] + before == 1000
+    assert re.search(rf"window 10s {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(start))}\.\.\S+ \S+ starts over",
+                     b.log()), b.log()[-3000:]
 
-    done.clear()
-    reader = RangeReader(settings, lambda _: None, {0: (0, 100), 1: (0, 100)}, broken, done.append, False, "t")
-    reader.start()
-    reader.join(60)
-    assert not reader.is_alive() and sorted(done) == [0, 1]
+
+def in_progress(state: Path) -> dict[float, int]:
+    """The buckets in progress in a state file's checkpoint: start -> events."""
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
+    try:
+        [(meta,)] = db.execute("SELECT meta FROM monitor_state").fetchall()
+    finally:
+        db.close()
+    summary = json.loads(meta)["windows"]["summary"]
+    return {start: events for key, (start, _, events) in summary.items() if key.startswith("b")}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driftline.collectors.local_broker import LocalBroker
+from driftline.service.demo.broker import LocalBroker
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import DEFAULT_SHIFT, FEATURES, TrafficModel, encode, monitor_config
 from driftline.service.reference import load_profile

@@ -22,8 +22,8 @@ from driftline.service.demo.traffic import (
 )
 from driftline.service.drift import METHODS
 from driftline.service.evaluation import evaluate_window
+from driftline.service.profile import WindowProfile
 from driftline.service.reference import build_profile, save_profile
-from driftline.service.window import WindowProfile
 
 from tests import evidently_oracle  # noqa: F401  (sets DO_NOT_TRACK before evidently is imported)
 from tests.helpers import ServiceProcess, produce, wait_until

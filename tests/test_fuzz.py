@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from driftline.collectors.events import EventDecoder, InvalidEvent
 from driftline.collectors.kafka import LETTER_OVERHEAD_BYTES
-from driftline.collectors.local_broker import LocalBroker, free_port
 from driftline.service.config import MonitorSettings
+from driftline.service.demo.broker import LocalBroker, free_port
 from driftline.service.demo.traffic import TrafficModel, encode, monitor_config
 from driftline.service.monitor import feature_kinds
 from driftline.service.reference import load_profile

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from driftline.collectors.local_broker import free_port
+from driftline.service.demo.broker import free_port
 
 from tests.helpers import wait_until
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from driftline.collectors.local_broker import LocalBroker, free_port
+from driftline.service.demo.broker import LocalBroker, free_port
 from driftline.service.demo.traffic import FEATURES
 from driftline.service.reference import load_profile
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from driftline.collectors.local_broker import LocalBroker, free_port
+from driftline.service.demo.broker import LocalBroker, free_port
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import DEFAULT_SHIFT, FEATURES, TrafficModel, encode, monitor_config
 

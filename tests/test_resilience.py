@@ -1,9 +1,9 @@
 """Shutdown and broker trouble, with `driftline run` as a process and a real Tansu broker.
 
 - SIGTERM during traffic: exit 0 within 10 s; the group's committed offset is exactly the
-  start of the open window (from where it is rebuilt), its checkpoint has the position after
-  the last record the service accounted for; a restart in the same group counts exactly the
-  rest and rebuilds the open window without counting it again.
+  position after the last record the service accounted for (its checkpoint holds the open
+  window); a restart counts exactly the rest, and its open window holds the events read
+  before the restart and after.
 - The broker stopped (SIGSTOP) for DRIFTLINE_OUTAGE_SECONDS (a minute by default):
   /healthz and /metrics answer, /readyz turns 503, then 200 after SIGCONT, and every event
   is counted exactly once.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from driftline.collectors.local_broker import LocalBroker
+from driftline.service.demo.broker import LocalBroker
 from driftline.service.demo.traffic import TrafficModel, encode, monitor_config
 
 from tests.helpers import ServiceProcess, produce, wait_until
@@ -130,22 +130,22 @@ def test_sigterm_during_traffic_commits_exactly_what_was_accounted_for_and_exits
     m = re.search(r"consumer stopped, (\d+) records consumed, committed offsets \{(?:0: (\d+))?\}", svc.log())
     assert m, svc.log()[-3000:]
     accounted, last_commit = int(m.group(1)), int(m.group(2) or 0)
-    # one partition, a new group, valid events in count windows: the open window began at
-    # the last multiple of WINDOW; the position after the last record is their count
-    assert accounted > 0 and last_commit == accounted - accounted % WINDOW
+    # one partition, a new group: the checkpoint written on the way out holds every record
+    # read, the open window's included, so the commit is the position after the last one
+    assert accounted > 0 and last_commit == accounted
     committed = committed_offset(broker.bootstrap, group, topic)
     assert committed.offset == last_commit
     if committed.metadata:  # Tansu drops offset metadata; Kafka keeps it
-        assert json.loads(committed.metadata)["position"] == accounted
+        assert json.loads(committed.metadata)["driftline"] == 2
     assert accounted < produced[0]  # it stopped with traffic still coming
 
-    # a new process in the same group reads exactly the rest: nothing lost, nothing twice
+    # a new process on the same state file reads exactly the rest: nothing lost, nothing twice
     again = start(services, tmp_path, broker.bootstrap, topic, reference_path, group)
     rest = produced[0] - accounted
     wait_until(lambda: consumed(again) >= rest, 60, what="the rest of the topic")
     time.sleep(1.5)
     assert consumed(again) == rest
-    # the rebuilt open window holds the events read before the restart, and those after
+    # the restored open window holds the events read before the restart, and those after
     expect_open = produced[0] % WINDOW
     wait_until(lambda: again.monitor("credit-risk")["open_window_events"] == expect_open, 10,
                what=f"{expect_open} events in the open window")

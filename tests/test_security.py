@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 import yaml
 from driftline.collectors.kafka import consumer_config
-from driftline.collectors.local_broker import LocalBroker, TlsListener, stunnel_binary
 from driftline.service.config import load_settings
+from driftline.service.demo.broker import LocalBroker, TlsListener, stunnel_binary
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import DEFAULT_SHIFT, TrafficModel, encode, monitor_config
 from kafka import KafkaConsumer

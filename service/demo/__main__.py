@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from driftline.collectors.local_broker import LocalBroker, free_port, wait_for_port
 
+from .broker import LocalBroker, free_port, wait_for_port
 from .traffic import DEFAULT_SHIFT, FEATURES, TrafficModel, encode, monitor_config, write_training_data
 
 TOPIC = "credit-risk-serving"

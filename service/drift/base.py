@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-
-
-class ColumnKind(str, enum.Enum):
-    NUMERICAL = "numerical"
-    CATEGORICAL = "categorical"
+from driftline.collectors.schema import ColumnKind
 
 
 class Verdict(str, enum.Enum):
