@@ -19,7 +19,8 @@ import sys
 import tracemalloc
 from dataclasses import dataclass
 
-from driftline.collectors.kafka import LETTER_OVERHEAD_BYTES, DeadLetters, Polled
+from driftline.collectors.dead_letters import LETTER_OVERHEAD_BYTES, DeadLetters
+from driftline.collectors.kafka import Polled
 from driftline.service.config import KafkaSettings
 from driftline.service.demo.broker import LocalBroker
 

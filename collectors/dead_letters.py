@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from .kafka import Polled, consumer_config
+from .consumer import Polled, consumer_config
 from .schema import KafkaSettings
 
 log = logging.getLogger("driftline.collectors.kafka")

@@ -251,3 +251,15 @@ def test_batch_decoding_equals_decoding_each_record(raws: list[bytes | None], ts
         assert _same(None if lat != lat else float(lat), ev.latency_seconds)
         ver = batch.model_version[row]
         assert (None if ver is MISSING else ver) == ev.model_version
+
+
+def test_the_collectors_import_nothing_of_the_service() -> None:
+    """collectors/ turns records into events on its own: the service depends on it, not back."""
+    import subprocess
+    import sys
+
+    modules = ["driftline.collectors." + m for m in ("schema", "events", "batch", "consumer", "assignor",
+                                                      "kafka", "dead_letters", "tls")]
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in sys.modules if m.startswith('driftline.service')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from driftline.collectors.dead_letters import LETTER_OVERHEAD_BYTES
 from driftline.collectors.events import EventDecoder, InvalidEvent
-from driftline.collectors.kafka import LETTER_OVERHEAD_BYTES
 from driftline.service.config import MonitorSettings
 from driftline.service.demo.broker import LocalBroker, free_port
 from driftline.service.demo.traffic import TrafficModel, encode, monitor_config

@@ -206,13 +206,13 @@ def driftline_check(config: dict[str, Any], reference: Path, tmp_path: Path) -> 
     return run(sys.executable, "-m", "driftline.service.cli", "check", "--config", str(path), env=env)
 
 
-@pytest.mark.parametrize("which", ["compose", "kubernetes"])
+@pytest.mark.parametrize("which", ["compose", "kubernetes-0", "kubernetes-1"])
 def test_shipped_driftline_configurations_pass_driftline_check(which: str, reference_path: Path,
                                                                tmp_path: Path) -> None:
     if which == "compose":
         config = yaml.safe_load((DEPLOY / "compose" / "driftline.yaml").read_text())
     else:
-        config = yaml.safe_load(k8s("ConfigMap")["data"]["driftline.yaml"])
+        config = yaml.safe_load(k8s("ConfigMap")["data"][f"driftline-{which[-1]}.yaml"])
     proc = driftline_check(config, reference_path, tmp_path)
     assert proc.returncode == 0 and "OK (1 monitor)" in proc.stdout, proc.stdout + proc.stderr
 
@@ -231,7 +231,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{path.name} {doc['kind']}: {'.'.join(map(str, exc.path))}: {exc.message}")
-    assert {"Deployment", "Service", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= set(kinds)
+    assert {"StatefulSet", "Service", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= set(kinds)
 
 
 def test_kustomize_builds_the_bundle_and_its_output_validates() -> None:
@@ -250,8 +250,8 @@ def test_kustomize_builds_the_bundle_and_its_output_validates() -> None:
             assert operator_model_round_trip(doc) == doc
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
-    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    [statefulset] = [d for d in docs if d["kind"] == "StatefulSet"]
+    image = statefulset["spec"]["template"]["spec"]["containers"][0]["image"]
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert image == f"{kustomization['images'][0]['newName']}:{kustomization['images'][0]['newTag']}"
     assert len(docs) == len(k8s_docs()) - 1  # everything but the kustomization itself
@@ -260,7 +260,7 @@ def test_kustomize_builds_the_bundle_and_its_output_validates() -> None:
 def test_kubernetes_strict_validation_has_teeth() -> None:
     import kubernetes_validate
 
-    doc = k8s("Deployment")
+    doc = k8s("StatefulSet")
     doc["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}  # misspelt
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -299,15 +299,16 @@ def test_kustomization_lists_every_manifest() -> None:
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
     [image] = kustomization["images"]
-    assert image["name"] == k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image["name"] == k8s("StatefulSet")["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 def test_kubernetes_pieces_point_at_each_other() -> None:
-    deployment, service, monitor = k8s("Deployment"), k8s("Service"), k8s("ServiceMonitor")
-    pod = deployment["spec"]["template"]
+    statefulset, service, monitor = k8s("StatefulSet"), k8s("Service"), k8s("ServiceMonitor")
+    pod = statefulset["spec"]["template"]
     labels = pod["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert service["spec"]["selector"].items() <= labels.items()
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     [container] = pod["spec"]["containers"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -331,26 +332,37 @@ def test_kubernetes_pieces_point_at_each_other() -> None:
     assert csec["readOnlyRootFilesystem"] and not csec["allowPrivilegeEscalation"]
     assert csec["capabilities"]["drop"] == ["ALL"]
 
-    # the config it runs is the ConfigMap's; every *_env it names comes from the Secret
+    # pod driftline-N runs the ConfigMap's driftline-N.yaml: one config per replica, each
+    # monitor in exactly one of them (a monitor is read by one process)
     args = container["args"]
     config_path = Path(args[args.index("--config") + 1])
+    assert config_path.name == "$(POD_NAME).yaml"
+    [pod_name] = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     config_map = k8s("ConfigMap")
     assert volumes[mounts[str(config_path.parent)]["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
-    config = yaml.safe_load(config_map["data"][config_path.name])
-    assert config["service"]["listen"].endswith(f":{port_names[svc_port['targetPort']]}")
-    env_names = set(re.findall(r"_env:\s*(\w+)", config_map["data"][config_path.name]))
+    name = statefulset["metadata"]["name"]
+    shards = [f"{name}-{i}.yaml" for i in range(statefulset["spec"]["replicas"])]
+    assert sorted(config_map["data"]) == sorted(shards)
+    configs = [yaml.safe_load(config_map["data"][f]) for f in shards]
+    monitors = [m["name"] for c in configs for m in c["monitors"]]
+    groups = [m["kafka"]["group_id"] for c in configs for m in c["monitors"]]
+    assert len(set(monitors)) == len(monitors) and len(set(groups)) == len(groups)
     from_secret = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert env_names and env_names <= from_secret, env_names - from_secret
-    # state and profiles on the claims, both where the config expects them
     claims = {d["metadata"]["name"] for _, d in k8s_docs() if d["kind"] == "PersistentVolumeClaim"}
-    for path in (Path(config["service"]["state_path"]).parent,
-                 *(Path(m["reference"]["path"]).parent for m in config["monitors"])):
-        volume = volumes[mounts[str(path)]["name"]]
-        assert volume["persistentVolumeClaim"]["claimName"] in claims
+    [state_claim] = statefulset["spec"]["volumeClaimTemplates"]
+    for text, config in zip((config_map["data"][f] for f in shards), configs, strict=True):
+        assert config["service"]["listen"].endswith(f":{port_names[svc_port['targetPort']]}")
+        env_names = set(re.findall(r"_env:\s*(\w+)", text))
+        assert env_names and env_names <= from_secret, env_names - from_secret
+        # state on the shard's own claim, profiles on the shared one, where the config expects them
+        assert mounts[str(Path(config["service"]["state_path"]).parent)]["name"] == state_claim["metadata"]["name"]
+        for m in config["monitors"]:
+            volume = volumes[mounts[str(Path(m["reference"]["path"]).parent)]["name"]]
+            assert volume["persistentVolumeClaim"]["claimName"] in claims
     assert mounts["/etc/driftline"]["readOnly"] is True and mounts["/profiles"]["readOnly"] is True
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
 # --- the Compose stack's demo helper, for real ------------------------------------------------
