@@ -270,7 +270,8 @@ class Monitor:
 
     def reset_partitions(self) -> None:
         """The topic was recreated: offsets start again; the windows in progress stay."""
-        self.windows.forget_positions()
+        with self._checkpoint_lock:
+            self.state.forget_positions()
 
     def _extra(self) -> dict[str, Any]:
         return {"streak": self.evaluator.trigger.streak if self.evaluator.trigger is not None else 0}

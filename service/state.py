@@ -90,6 +90,14 @@ class MonitorState:
         redo = {int(p): o for p, o in saved["redo_from"].items()}
         return {int(p): (min(o, redo.get(int(p), o)), metadata) for p, o in saved["windows"]["positions"].items()}
 
+    def forget_positions(self) -> None:
+        """The topic was recreated (offsets start again at 0): no position of the old one is
+        read from again; the windows in progress stay."""
+        self.windows.forget_positions()
+        if self._saved is not None:
+            self._saved = {**self._saved, "windows": {**self._saved["windows"], "positions": {}}, "redo_from": {}}
+        self.redo = {}
+
     def release(self, results: list[ResultRow], extra: dict[str, Any]) -> dict[int, tuple[int, str]]:
         """The partitions are being revoked: checkpoint now, hold the windows (nothing
         closes) until `adopt`, and return the offsets to commit."""

@@ -50,8 +50,8 @@ MALFORMED = [b"{not json", b"[1, 2]", b'{"ts": 1, "features": {"age": "forty"}}'
 
 class Replay:
     """Traffic laid out in event time, one bucket of WINDOW events after another, so windows close
-    by event time whatever the wall clock does (README "Windows": the watermark follows event
-    time while a backlog is replayed). Event times start a little under two minutes ago, so the
+    by event time whatever the wall clock does (README "Windows"), and after a pause by the wall
+    clock (the partition is idle). Event times start a little under two minutes ago, so the
     event lag stays below DriftlineEventLagHigh's threshold."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
@@ -71,8 +71,9 @@ class Replay:
             self.sent_at = time.time()
 
     def skip_to_next_horizon(self) -> None:
-        """After a pause, the watermark has moved on with the wall clock: start again at the next
-        horizon's start past it, so nothing sent next is late and the open horizon closes as it is."""
+        """After a pause, event time has moved on with the wall clock (the partition went idle):
+        start again at the next horizon's start past it, so nothing sent next is late and the open
+        horizon closes as it is."""
         watermark = self.t + (time.time() - self.sent_at) + LATENESS + 1
         self.t = math.ceil(watermark / HORIZON) * HORIZON
 
@@ -161,8 +162,10 @@ def live(broker: LocalBroker, reference_path: Path, tmp_path_factory: pytest.Tem
     secret = new_webhook_secret()
     receiver = WebhookReceiver(secret).start()
     conf = monitor_config(MONITOR, broker.bootstrap, topic, reference_path,
+                          # traffic pauses between bursts: a quiet partition (the only one) soon
+                          # counts as idle, so the wall clock closes its last window
                           window={"type": "time", "size": f"{BUCKET}s", "allowed_lateness": f"{LATENESS}s",
-                                  "min_events": 200, "horizons": [f"{HORIZON}s"]})
+                                  "min_events": 200, "horizons": [f"{HORIZON}s"], "idle_timeout": "2s"})
     conf["retrain"] = {"webhook_url": receiver.url, "secret_env": "TEST_WEBHOOK_SECRET", "consecutive_windows": 2,
                        "cooldown": "1h", "initial_backoff": 0.2}
     broker.create_topic(f"{topic}-dead", partitions=1)  # the malformed records go there too
