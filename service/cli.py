@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _not_a_cancelled_refresh(record: logging.LogRecord) -> bool:
     """kafka-python 3.0 logs a metadata refresh that closing a consumer cancels as an ERROR
-    (kafka/cluster.py, _do_refresh_metadata): seen whenever a short-lived consumer (the
-    horizon rebuild's, collectors/kafka.py RangeReader) closes. Nothing failed: drop it."""
+    (kafka/cluster.py, _do_refresh_metadata): seen whenever a consumer closes while one is under
+    way (at shutdown, or a short-lived reader). Nothing failed: drop it."""
     from kafka.errors import Cancelled
 
     return not (record.msg == "Metadata refresh: failed %s" and isinstance(record.args, tuple)

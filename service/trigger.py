@@ -31,7 +31,7 @@ class RetrainTrigger:
             return None
         self.streak = 0
         # The id follows from the window: after a crash between this request and the
-        # checkpoint of its window, the window is rebuilt and closes again, and the request
+        # checkpoint of its window, the window is restored and closes again, and the request
         # it makes is the one already in the outbox, not a second one.
         message_id = "msg_" + uuid.uuid5(uuid.NAMESPACE_URL, "driftline:" + json.dumps(
             [self.monitor, result.horizon, result.window_start, result.window_end, result.events])).hex
