@@ -110,7 +110,7 @@ class _ColumnBuilder:
                                   counts=np.array([self.counts[k] for k in labels], dtype=np.int64))
         if sample.n == 0:
             raise ReferenceError(f"column {self.name!r} has no usable value in the training data")
-        return ReferenceColumn(self.name, self.kind, sample, self.missing)
+        return ReferenceColumn(self.name, self.kind, sample.prepare(), self.missing)
 
 
 def infer_kind(dtype: Any) -> ColumnKind:
@@ -253,11 +253,11 @@ def load_profile(path: str | Path) -> ReferenceProfile:
             kind = ColumnKind(spec["kind"])
             if kind is ColumnKind.NUMERICAL:
                 arr = np.load(io.BytesIO(zf.read(f"col{i}.npy")), allow_pickle=False)
-                sample = ColumnSample.from_sorted(arr.astype(np.float64, copy=False))
+                sample = ColumnSample.from_sorted(arr.astype(np.float64, copy=False)).prepare()
             else:
                 data = json.loads(zf.read(f"col{i}.json"))
                 sample = ColumnSample(kind, labels=np.array(data["labels"], dtype=object),
-                                      counts=np.array(data["counts"], dtype=np.int64))
+                                      counts=np.array(data["counts"], dtype=np.int64)).prepare()
             cols[spec["name"]] = ReferenceColumn(spec["name"], kind, sample, int(spec["missing"]))
     digest = _content_hash(cols)
     if digest != header["content_hash"]:
