@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--numerical", help="columns to treat as numerical (reference given as data)")
     ev.add_argument("--categorical", help="columns to treat as categorical (reference given as data)")
     ev.add_argument("--prediction-column", help="the model's output: scored and reported apart, not in the share")
+    ev.add_argument("--calibration", default="on", help="on (default): thresholds calibrated to the file's size; "
+                                                        "off: Evidently's plain thresholds")
     ev.add_argument("--format", default="table", help="table (default) or json")
     ev.add_argument("--fail-on-drift", action="store_true", help="exit with 3 when the dataset drifts")
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

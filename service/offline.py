@@ -72,6 +72,9 @@ class OfflineResult:
                 "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
                 "drift_share_threshold": r.drift_share_threshold,
                 "drifted_features": [f.feature for f in r.drifted_features],
+                "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+                "data_quality_issues": [{"feature": f.feature, "issues": list(f.quality.issues)}
+                                        for f in r.quality_issues if f.quality],
                 "features": [feature_json(f) for f in r.features],
                 "prediction": feature_json(r.prediction) if r.prediction else None}
 
@@ -79,9 +82,9 @@ class OfflineResult:
         r = self.result
         ref_rows = self.reference.meta.get("rows")
         lines = [f"reference  {self.reference_path}" + (f": {ref_rows:,} rows" if ref_rows else "")
-                 + f", {self.reference.content_hash}", f"current    {self.current_path}: {r.events:,} rows", ""]
-        rows: list[tuple[str, ...]] = [("feature", "type", "method", "threshold", "score", "drifted", "values",
-                                        "missing")]
+                 + f", {self.reference.content_hash}", f"current    {self.current_path}: {r.events:,} rows",
+                 f"calibration {_calibration_line(r)}", ""]
+        rows: list[tuple[str, ...]] = [_HEADER]
         rows += [_table_row(f) for f in r.features]
         if r.prediction is not None:
             rows.append(_table_row(r.prediction))
@@ -89,22 +92,60 @@ class OfflineResult:
         for n, row in enumerate(rows):  # text columns left-aligned, numbers right-aligned
             if r.prediction is not None and n == len(rows) - 1:
                 lines += ["", "prediction (reported apart, not counted in the share):"]
-            lines.append("  ".join(c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
+            lines.append("  ".join(c.ljust(w) if _HEADER[i] in _TEXT else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         evaluated = sum(f.method is not None for f in r.features)
         lines += ["", f"dataset drift: {'YES' if r.dataset_drift else 'no'}, {len(r.drifted_features)} of "
                       f"{evaluated} features drifted (share {r.drift_share:.4g}, "
                       f"drifts at {r.drift_share_threshold:g})"]
+        lines += _quality_lines(r)
         return "\n".join(lines)
 
 
-def _table_row(f: FeatureDrift) -> tuple[str, ...]:
-    def num(x: float | None) -> str:
-        return "-" if x is None else f"{x:.10g}"
+_HEADER = ("feature", "type", "method", "threshold", "score", "effect_size", "effect_floor", "noise_floor",
+           "decided_by", "drifted", "values", "missing", "quality")
+_TEXT = {"feature", "type", "method", "decided_by", "drifted", "quality"}
 
-    verdict = "no values" if f.method is None else ("YES" if f.drifted else "no")
-    return (f.feature, f.kind.value, f.method or "-", num(f.threshold), num(f.score), verdict,
-            f"{f.values:,}", f"{100 * f.missing_ratio:.1f}%")
+
+def _calibration_line(r: WindowResult) -> str:
+    if r.calibration != "on" or r.false_alarm_level is None:
+        return r.calibration + (" (Evidently's plain thresholds)" if r.calibration == "off" else "")
+    return (f"on: a feature drifts beyond its threshold and the noise floor of its window's size "
+            f"(level {r.false_alarm_level:.2g} per feature; Evidently's verdict alone: "
+            f"{', '.join(f.feature for f in r.features if f.plain_drifted) or 'none'})")
+
+
+def _table_row(f: FeatureDrift) -> tuple[str, ...]:
+    def num(x: float | None, digits: int = 10) -> str:
+        return "-" if x is None else f"{x:.{digits}g}"
+
+    verdict = "no_values" if f.method is None else ("YES" if f.drifted else "no")
+    issues = ",".join(f.quality.issues) if f.quality and f.quality.issues else "-"
+    return (f.feature, f.kind.value, f.method or "-", num(f.threshold), num(f.score), num(f.effect_size, 4),
+            num(f.effect_size_floor, 4), num(f.noise_floor, 4), f.decided_by or "-", verdict, f"{f.values:,}",
+            f"{100 * f.missing_ratio:.1f}%", issues)
+
+
+def _quality_lines(r: WindowResult) -> list[str]:
+    out = []
+    for f in r.quality_issues:
+        q = f.quality
+        assert q is not None
+        parts = []
+        if "unseen_category" in q.issues and q.unseen_category_ratio is not None:
+            named = ", ".join(f"{label} ({n:,})" for label, n in q.unseen_labels)
+            parts.append(f"{100 * q.unseen_category_ratio:.1f}% of values in {q.unseen_categories:,} categories the "
+                         f"reference never had (expected {100 * (q.expected_unseen_ratio or 0):.1f}%)"
+                         + (f": {named}" if named else ""))
+        if "out_of_range" in q.issues and q.out_of_range_ratio is not None:
+            parts.append(f"{100 * q.out_of_range_ratio:.1f}% of values outside the reference's range")
+        if "missing_increase" in q.issues:
+            parts.append(f"missing in {100 * q.missing_ratio:.1f}% of rows (reference: "
+                         f"{100 * q.reference_missing_ratio:.1f}%)")
+        if "type_error" in q.issues and q.type_error_ratio is not None:
+            parts.append(f"{100 * q.type_error_ratio:.1f}% of rows of the wrong type")
+        out.append(f"  {f.feature}: " + "; ".join(parts))
+    return ["", "data quality:", *out] if out else []
 
 
 # -- reading files ------------------------------------------------------------------------
@@ -172,7 +213,8 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
                    per_column_method: dict[str, str] | None = None,
                    per_column_threshold: dict[str, float] | None = None,
                    types: dict[str, ColumnKind] | None = None, prediction_column: str | None = None,
-                   batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> OfflineResult:
+                   calibration: str = "on", batch_rows: int = BATCH_ROWS,
+                   progress: Progress | None = None) -> OfflineResult:
     """The service's drift table for `current` against `reference`; OfflineError on bad input.
 
     `progress(file, rows, total)` is called after each batch read (file: "reference" or "current")."""
@@ -200,15 +242,17 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     types = {c: v for c, v in (types or {}).items() if c in compared}
     if profile is None:
         try:
-            profile = build_profile(reference, columns=compared, kinds=types, batch_rows=batch_rows,
-                                    progress=progress and (lambda rows, total: progress("reference", rows, total)))
+            profile = build_profile(
+                reference, columns=compared, kinds=types, batch_rows=batch_rows, calibrate=calibration == "on",
+                progress=progress and (lambda rows, total: progress("reference", rows, total)),
+                calibration_progress=progress and (lambda done, total, _: progress("noise floors", done, total)))
         except ReferenceError as exc:
             raise OfflineError(f"--reference {exc}") from None
     elif pred in types and types[pred] is not profile.columns[pred].kind:
         raise OfflineError(f"--{types[pred].value} {pred}: the reference profile holds it as "
                            f"{profile.columns[pred].kind.value}; rebuild the reference with --{types[pred].value}")
     settings = _settings(reference, features, method, num_method, cat_method, threshold, drift_share,
-                         col_methods, col_thresholds, types, pred)
+                         col_methods, col_thresholds, types, pred, calibration)
 
     def at(path: str) -> str:  # a config field, as the option that set it
         if path.startswith("drift."):
@@ -274,7 +318,8 @@ def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str],
 
 def _settings(reference: Path, features: list[str], method: str | None, num_method: str | None,
               cat_method: str | None, threshold: float | None, drift_share: float, col_methods: dict[str, str],
-              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None) -> MonitorSettings:
+              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None,
+              calibration: str = "on") -> MonitorSettings:
     """A monitor's settings for one file; where events would come from is inert (never used)."""
     def spec(name: str, **extra: Any) -> dict[str, Any]:
         return {"method": col_methods.get(name), "threshold": col_thresholds.get(name), **extra}
@@ -286,7 +331,7 @@ def _settings(reference: Path, features: list[str], method: str | None, num_meth
                       "prediction": spec(pred, path="prediction", column=pred) if pred else None},
             "window": {"type": "count", "size": 1, "min_events": 1},
             "drift": {"method": method, "num_method": num_method, "cat_method": cat_method,
-                      "threshold": threshold, "drift_share": drift_share}}
+                      "threshold": threshold, "drift_share": drift_share, "calibration": calibration}}
     try:
         return MonitorSettings.model_validate(conf)
     except ValidationError as exc:  # the options are checked before; this names what slipped through
@@ -320,6 +365,9 @@ def _pairs(option: str, text: str | None) -> dict[str, str]:
 
 
 def _print_progress(what: str, rows: int, total: int | None) -> None:
+    if what == "noise floors":
+        print(f"  noise floors: {rows} of {total} columns", file=sys.stderr, flush=True)
+        return
     share = f" ({100 * rows / total:.0f}%)" if total else ""
     print(f"  {what}: read {rows:,}{f' of {total:,}' if total else ''} rows{share}", file=sys.stderr, flush=True)
 
@@ -329,6 +377,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format not in ("table", "json"):
             raise OfflineError(f"--format: expected table or json, got {args.format!r}")
+        calibration = getattr(args, "calibration", "on")
+        if calibration not in ("on", "off"):
+            raise OfflineError(f"--calibration: expected on or off, got {calibration!r}")
         types = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
         both = sorted(set(types) & set(_split(args.categorical)))
         if both:
@@ -345,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
                                 "a share greater than 0 and at most 1"),
             per_column_method=_pairs("--per-column-method", args.per_column_method),
             per_column_threshold=thresholds, types=types, prediction_column=args.prediction_column,
-            progress=show)
+            calibration=calibration, progress=show)
     except OfflineError as exc:
         print(f"driftline evaluate: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -259,6 +259,18 @@ class DriftMethod:
     default_threshold: float
     verdict: Verdict
     score_fn: ScoreFn
+    # p-value methods: the effect size reported beside the p-value (service/drift/effects.py)
+    effect: str | None = None
+
+    @property
+    def measure(self) -> str:
+        """What the calibration compares with its floors: the effect size of a p-value
+        method, the score itself of a distance method."""
+        return self.effect or self.name
+
+    @property
+    def is_p_value(self) -> bool:
+        return self.verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT)
 
     def score(self, reference: ColumnSample, current: ColumnSample) -> float:
         # Degenerate inputs (a category unseen in the reference, a constant column) give

@@ -351,11 +351,13 @@ def cramer_von_mises(ref: ColumnSample, cur: ColumnSample) -> float:
 NUMERICAL = frozenset({ColumnKind.NUMERICAL})
 
 METHODS = (
-    DriftMethod("ks", "K-S p_value", NUMERICAL, 0.05, Verdict.P_VALUE_LE, ks),
+    DriftMethod("ks", "K-S p_value", NUMERICAL, 0.05, Verdict.P_VALUE_LE, ks,
+                effect="ks_statistic"),
     DriftMethod("wasserstein", "Wasserstein distance (normed)", NUMERICAL, 0.1, Verdict.DISTANCE_GE,
                 wasserstein_norm),
     DriftMethod("ed", "Energy-distance", NUMERICAL, 0.1, Verdict.DISTANCE_GT, energy_distance),
-    DriftMethod("anderson", "Anderson-Darling", NUMERICAL, 0.1, Verdict.P_VALUE_LT, anderson),
+    DriftMethod("anderson", "Anderson-Darling", NUMERICAL, 0.1, Verdict.P_VALUE_LT, anderson,
+                effect="ks_statistic"),
     DriftMethod("cramer_von_mises", "Cramer-von Mises", NUMERICAL, 0.1, Verdict.P_VALUE_LE,
-                cramer_von_mises),
+                cramer_von_mises, effect="ks_statistic"),
 )

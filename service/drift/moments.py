@@ -214,8 +214,11 @@ def empirical_mmd(ref: ColumnSample, cur: ColumnSample) -> float:
 NUMERICAL = frozenset({ColumnKind.NUMERICAL})
 
 METHODS = (
-    DriftMethod("mannw", "Mann-Whitney U-rank test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, mannw),
-    DriftMethod("t_test", "t_test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, t_test),
-    DriftMethod("es", "Epps-Singleton", NUMERICAL, 0.05, Verdict.P_VALUE_LT, epps_singleton),
-    DriftMethod("empirical_mmd", "empirical_mmd", NUMERICAL, 0.1, Verdict.P_VALUE_LT, empirical_mmd),
+    DriftMethod("mannw", "Mann-Whitney U-rank test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, mannw,
+                effect="rank_biserial"),
+    DriftMethod("t_test", "t_test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, t_test, effect="cohens_d"),
+    DriftMethod("es", "Epps-Singleton", NUMERICAL, 0.05, Verdict.P_VALUE_LT, epps_singleton,
+                effect="ks_statistic"),
+    DriftMethod("empirical_mmd", "empirical_mmd", NUMERICAL, 0.1, Verdict.P_VALUE_LT, empirical_mmd,
+                effect="ks_statistic"),
 )
