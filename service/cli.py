@@ -92,13 +92,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_reference_build(args: argparse.Namespace) -> int:
     from .drift import ColumnKind
-    from .reference import ReferenceError, build_profile, print_progress, save_profile
+    from .reference import ReferenceError, build_profile, print_calibration_progress, print_progress, save_profile
 
     kinds = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
     kinds.update({c: ColumnKind.CATEGORICAL for c in _split(args.categorical)})
     try:
         profile = build_profile(args.data, columns=_split(args.columns) or None, kinds=kinds,
-                                progress=None if args.quiet else print_progress)
+                                progress=None if args.quiet else print_progress,
+                                calibration_progress=None if args.quiet else print_calibration_progress)
         save_profile(profile, args.out)
     except ReferenceError as exc:
         print(f"driftline reference build: {exc}", file=sys.stderr)

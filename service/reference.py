@@ -212,16 +212,18 @@ def build_profile(path: str | Path, *, columns: list[str] | None = None,
     if not builders:
         raise ReferenceError(f"{src}: no rows")
     cols = {n: b.finish() for n, b in builders.items()}
-    digest = _content_hash(cols)
-    note = None
-    if calibrate:
-        tables = simulate_columns({n: c.sample for n, c in cols.items()}, digest, calibration_progress)
-        cols = {n: dataclasses.replace(c, noise=tables[n]) for n, c in cols.items()}
-    else:
-        note = "the profile was built without its noise floors"
     for c in cols.values():
         _ = c.facts
-    return ReferenceProfile(cols, digest, time.time(), src.name, {"rows": rows}, note)
+    profile = ReferenceProfile(cols, _content_hash(cols), time.time(), src.name, {"rows": rows},
+                               "the profile was built without its noise floors")
+    return with_noise_floors(profile, calibration_progress) if calibrate else profile
+
+
+def with_noise_floors(profile: ReferenceProfile, progress: CalibrationProgress | None = None) -> ReferenceProfile:
+    """The profile with every column's noise table simulated (seeded by its content hash)."""
+    tables = simulate_columns({n: c.sample for n, c in profile.columns.items()}, profile.content_hash, progress)
+    columns = {n: dataclasses.replace(c, noise=tables[n]) for n, c in profile.columns.items()}
+    return dataclasses.replace(profile, columns=columns, calibration_note=None)
 
 
 def print_progress(rows: int, total: int | None) -> None:
