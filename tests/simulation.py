@@ -114,10 +114,11 @@ def settings(reference: Path, features: Sequence[str] = FEATURES, calibration: s
         "drift": {"calibration": calibration, "drift_share": drift_share, **drift}})
 
 
-def windows(population: Population, size: int, count: int, seed: int) -> list[ArrayWindow]:
-    """`count` windows of `size` rows, each drawn afresh from the population."""
+def windows(population: Population, size: int, count: int, seed: int,
+            features: Sequence[str] = FEATURES) -> list[ArrayWindow]:
+    """`count` windows of `size` rows of these features, each drawn afresh from the population."""
     rng = np.random.default_rng(seed)
     frame = population.frame(size * count, rng)
-    kinds = [ColumnKind.NUMERICAL if n in NUMERICAL else ColumnKind.CATEGORICAL for n in FEATURES]
-    cols = [frame[n].to_numpy() for n in FEATURES]
+    kinds = [ColumnKind.NUMERICAL if n in NUMERICAL else ColumnKind.CATEGORICAL for n in features]
+    cols = [frame[n].to_numpy() for n in features]
     return [ArrayWindow([c[i * size:(i + 1) * size] for c in cols], kinds) for i in range(count)]
