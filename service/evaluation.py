@@ -35,7 +35,7 @@ from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
 from .drift.effects import EFFECTS
 from .drift.noise import feature_level
-from .quality import DataQualityLimits, FeatureQuality, feature_quality
+from .quality import QUALITY_CHECKS, DataQualityLimits, FeatureQuality, feature_quality
 from .reference import ReferenceColumn, ReferenceProfile
 
 
@@ -216,7 +216,8 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
     calib = _calibration(drift, reference, len(feature_names))
     dq = drift.data_quality
     limits = DataQualityLimits(dq.unseen_category_share, dq.out_of_range_share, dq.missing_share_factor,
-                               dq.missing_share_increase, dq.type_error_share, dq.unseen_labels, calib.level)
+                               dq.missing_share_increase, dq.type_error_share, dq.unseen_labels,
+                               calib.level / QUALITY_CHECKS)
     features = []
     for i, name in enumerate(feature_names):
         spec = settings.event.features[name]

@@ -45,6 +45,9 @@ ECDF_REPLICATES = 400  # windows per size, empirical-CDF measures (each costs m 
 ECDF_MAX_SIZE = 3_200  # above, the empirical-CDF measures follow their n^-1/2 law
 _DIRECT_VALUES = 20  # binned methods compare value by value up to this many (binned.py)
 _COUNTS_MAX_VALUES = 1000  # chisquare / z effect sizes are simulated for numerical columns this small
+# A window keeps at most 10,000 categories of a feature (window.py): a reference with more holds
+# free text or identifiers, which no drift method compares usefully; no floors are simulated.
+MAX_CATEGORIES = 10_000
 CATEGORICAL_MEASURES = ("psi", "kl_div", "jensenshannon", "hellinger", "tv_distance", "cohens_w", "cohens_h")
 
 
@@ -55,10 +58,14 @@ def simulate(sample: ColumnSample, rng: np.random.Generator) -> NoiseTable:
     draws: dict[str, list[np.ndarray]] = {}
     replicates: dict[str, int] = {}
     if sample.kind is ColumnKind.CATEGORICAL:
+        if sample.nunique > MAX_CATEGORIES:
+            return NoiseTable((), {}, {})
         counts = CountModel(sample.counts, _unseen_rate(sample.counts))
+        # many categories cost many draws each: fewer windows (the fitted tail stays an upper bound)
+        reps = max(200, min(REPLICATES, 2_000_000 // sample.nunique))
         for m in sizes:
-            _collect(draws, counts.measures(m, REPLICATES, rng, CATEGORICAL_MEASURES))
-        replicates.update(dict.fromkeys(draws, REPLICATES))
+            _collect(draws, counts.measures(m, reps, rng, CATEGORICAL_MEASURES))
+        replicates.update(dict.fromkeys(draws, reps))
     else:
         _simulate_numerical(sample, sizes, rng, draws, replicates)
     fits = {name: tuple(TailFit.of(name, v) for v in values) for name, values in draws.items()}
