@@ -99,7 +99,8 @@ def _cmd_reference_build(args: argparse.Namespace) -> int:
     try:
         profile = build_profile(args.data, columns=_split(args.columns) or None, kinds=kinds,
                                 progress=None if args.quiet else print_progress,
-                                calibration_progress=None if args.quiet else print_calibration_progress)
+                                calibration_progress=None if args.quiet else print_calibration_progress,
+                                workers=os.cpu_count() or 1)
         save_profile(profile, args.out)
     except ReferenceError as exc:
         print(f"driftline reference build: {exc}", file=sys.stderr)

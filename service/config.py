@@ -287,7 +287,7 @@ class DriftSettings(_Model):
     calibration: Annotated[Literal["on", "off"], BeforeValidator(_on_off)] = Field(
         "on", description="on: a feature drifts beyond both its threshold and the noise floor of a window "
         "its size; off: Evidently's plain thresholds")
-    false_alarm_rate: float = Field(0.0005, gt=0, le=0.05, description="with calibration: at most this share "
+    false_alarm_rate: float = Field(0.001, gt=0, le=0.05, description="with calibration: at most this share "
                                     "of windows without drift are declared dataset drift")
     effect_size_floors: dict[str, Threshold] = Field(
         default_factory=dict, description="p-value method -> the smallest effect size that drifts "

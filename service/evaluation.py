@@ -12,7 +12,7 @@ against the threshold) stands, and two more conditions must hold for a feature t
 
 - the *noise floor*: the score, for a p-value method its effect size, is at least what a
   window of this many values drawn from the training data itself reaches once in about
-  4,000 windows (`drift/noise.py`; the level follows from `drift.false_alarm_rate`, see
+  2,000 windows (`drift/noise.py`; the level follows from `drift.false_alarm_rate`, see
   `feature_level`). Small windows need a larger difference, large windows do not;
 - for p-value methods the *effect size floor*: the effect size is at least the smallest
   difference worth acting on (`drift/effects.py`), so that a huge window does not flag a
@@ -202,10 +202,10 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
                         noise is not None, noise, effect, method.effect, effect_floor, by, quality)
 
 
-def _type_errors(window: WindowView, i: int) -> int | None:
+def _type_errors(window: WindowView, count: int) -> list[int | None]:
     if isinstance(window, CountsTypeErrors):
-        return int(window.type_errors[i])
-    return None
+        return [int(n) for n in window.type_errors[:count]]
+    return [None] * count
 
 
 def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: MonitorSettings,
@@ -219,12 +219,13 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
                                dq.missing_share_increase, dq.type_error_share, dq.unseen_labels,
                                calib.level / QUALITY_CHECKS)
     features = []
+    type_errors = _type_errors(window, len(feature_names))
     for i, name in enumerate(feature_names):
         spec = settings.event.features[name]
         ref_col = reference.column(name)
         cur = window.sample(i)
         quality = feature_quality(ref_col.facts, ref_col.sample, cur, window.missing[i], window.events,
-                                  _type_errors(window, i), limits, signals=enough)
+                                  type_errors[i], limits, signals=enough)
         features.append(_column_drift(name, ref_col, cur, window.missing[i], window.events, spec.method,
                                       spec.threshold, drift, window.exact(i), enough, calib, quality))
     prediction = None

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
                    per_column_threshold: dict[str, float] | None = None,
                    types: dict[str, ColumnKind] | None = None, prediction_column: str | None = None,
                    calibration: str = "on", batch_rows: int = BATCH_ROWS,
-                   progress: Progress | None = None) -> OfflineResult:
+                   progress: Progress | None = None, workers: int = 1) -> OfflineResult:
     """The service's drift table for `current` against `reference`; OfflineError on bad input.
 
     `progress(file, rows, total)` is called after each batch read (file: "reference" or "current")."""
@@ -212,7 +213,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
         raise OfflineError(str(exc)) from None
     if built and calibration == "on":
         profile = with_noise_floors(profile, progress and (lambda done, total, _: progress("noise floors", done,
-                                                                                          total)))
+                                                                                          total)), workers)
     pred_kind = profile.columns[pred].kind if pred else None
     names = list(features)
     try:
@@ -339,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
                                 "a share greater than 0 and at most 1"),
             per_column_method=_pairs("--per-column-method", args.per_column_method),
             per_column_threshold=thresholds, types=types, prediction_column=args.prediction_column,
-            calibration=calibration, progress=show)
+            calibration=calibration, progress=show, workers=os.cpu_count() or 1)
     except OfflineError as exc:
         print(f"driftline evaluate: {exc}", file=sys.stderr)
         return EXIT_ERROR

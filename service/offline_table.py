@@ -57,9 +57,9 @@ def _quality_lines(r: WindowResult) -> list[str]:
         parts = []
         if "unseen_category" in q.issues and q.unseen_category_ratio is not None:
             named = ", ".join(f"{label} ({n:,})" for label, n in q.unseen_labels)
-            parts.append(f"{100 * q.unseen_category_ratio:.1f}% of values in {q.unseen_categories:,} categories the "
-                         f"reference never had (expected {100 * (q.expected_unseen_ratio or 0):.1f}%)"
-                         + (f": {named}" if named else ""))
+            kinds = f"{q.unseen_categories:,} categor{'y' if q.unseen_categories == 1 else 'ies'}"
+            parts.append(f"{100 * q.unseen_category_ratio:.1f}% of values in {kinds} the reference never had "
+                         f"(expected {100 * (q.expected_unseen_ratio or 0):.1f}%)" + (f": {named}" if named else ""))
         if "out_of_range" in q.issues and q.out_of_range_ratio is not None:
             parts.append(f"{100 * q.out_of_range_ratio:.1f}% of values outside the reference's range")
         if "missing_increase" in q.issues:

@@ -16,7 +16,7 @@ Four checks compare a window with the reference:
 Each is a signal on its own once it passes its configured share (`drift.data_quality`) and,
 for the first three, is beyond the sampling noise of a window that size: a one-sided binomial
 test against the no-drift share above, at a tenth of the monitor's calibrated per-feature level
-(the noise floors' 1 in about 4,000 windows, shared by the several checks of a feature: a window
+(the noise floors' 1 in about 2,000 windows, shared by the several checks of a feature: a window
 always shows some share, only one far beyond chance is named).
 
 **Naming unseen categories.** Labels are the only raw feature values driftline ever puts in

@@ -183,13 +183,14 @@ def _batches(path: Path, columns: list[str] | None, batch_rows: int) -> tuple[li
 def build_profile(path: str | Path, *, columns: list[str] | None = None,
                   kinds: dict[str, ColumnKind] | None = None, batch_rows: int = 250_000,
                   progress: ProgressFn | None = None, calibrate: bool = True,
-                  calibration_progress: CalibrationProgress | None = None) -> ReferenceProfile:
+                  calibration_progress: CalibrationProgress | None = None, workers: int = 1) -> ReferenceProfile:
     """Read training data (Parquet or CSV) batch by batch into a reference profile.
 
     Column kinds are inferred from the data types (numbers numerical, the rest
     categorical); `kinds` overrides any of them. With `calibrate` (the default) each
     column's noise table is simulated from it (`calibration_progress(done, total, column)`
-    after each column); without, calibration is unavailable with this profile.
+    after each column; `workers` processes, see `simulate_columns`); without, calibration is
+    unavailable with this profile.
     """
     src = Path(path)
     if not src.exists():
@@ -216,12 +217,14 @@ def build_profile(path: str | Path, *, columns: list[str] | None = None,
         _ = c.facts
     profile = ReferenceProfile(cols, _content_hash(cols), time.time(), src.name, {"rows": rows},
                                "the profile was built without its noise floors")
-    return with_noise_floors(profile, calibration_progress) if calibrate else profile
+    return with_noise_floors(profile, calibration_progress, workers) if calibrate else profile
 
 
-def with_noise_floors(profile: ReferenceProfile, progress: CalibrationProgress | None = None) -> ReferenceProfile:
+def with_noise_floors(profile: ReferenceProfile, progress: CalibrationProgress | None = None,
+                      workers: int = 1) -> ReferenceProfile:
     """The profile with every column's noise table simulated (seeded by its content hash)."""
-    tables = simulate_columns({n: c.sample for n, c in profile.columns.items()}, profile.content_hash, progress)
+    tables = simulate_columns({n: c.sample for n, c in profile.columns.items()}, profile.content_hash, progress,
+                              workers)
     columns = {n: dataclasses.replace(c, noise=tables[n]) for n, c in profile.columns.items()}
     return dataclasses.replace(profile, columns=columns, calibration_note=None)
 

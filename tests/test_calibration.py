@@ -192,8 +192,9 @@ def test_correlated_features_do_not_add_up_to_dataset_drift(references: dict[int
 
 # -- drift is caught no later than one window after Evidently -----------------------------
 
-def _first(flags: list[bool]) -> int | None:
-    return next((i for i, f in enumerate(flags) if f), None)
+def _first(flags: list[bool], onset: int) -> int | None:
+    """The first window flagged from the drift's onset on (a flag before it is a false alarm)."""
+    return next((i for i, f in enumerate(flags) if f and i >= onset), None)
 
 
 def _delays(reference: ReferenceProfile, tmp_path: Path, shifts: list[dict[str, float]], size: int,
@@ -207,7 +208,9 @@ def _delays(reference: ReferenceProfile, tmp_path: Path, shifts: list[dict[str, 
             for f in result.features:
                 verdicts[mode].setdefault(f.feature, []).append(f.drifted)
     shifted = {name for shift in shifts for name in shift}
-    return [(name, _first(verdicts["off"][name]), _first(verdicts["on"][name])) for name in sorted(shifted)]
+    onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
+    return [(name, _first(verdicts["off"][name], onset), _first(verdicts["on"][name], onset))
+            for name in sorted(shifted)]
 
 
 ABRUPT = {"normal": 0.3, "skewed": 0.3, "rounded": 0.3, "count": 0.5, "few": 0.5, "region": 0.6}

@@ -128,9 +128,9 @@ class _Sums:
 
     @classmethod
     def at(cls, r: np.ndarray, center: float, hi: np.ndarray, lo: np.ndarray, k: np.ndarray) -> _Sums:
-        block = k >> 1
-        tail = np.where(k & 1, r[np.maximum(k - 1, 0)] - center, 0.0)
-        return cls(k, hi[block], lo[block].astype(np.float64), tail)
+        tail = r[k - 1] - center  # k = 0 reads r[-1], and an even k adds nothing: zeroed here
+        tail *= k & 1
+        return cls(k, hi[k >> 1], lo[k >> 1], tail)
 
     def __getitem__(self, cut: slice) -> _Sums:
         return _Sums(self.k[cut], self.hi[cut], self.lo[cut], self.tail[cut])

@@ -5,7 +5,7 @@ itself and scored against it (`simulate.py`); here the scores of each (measure, 
 summarised by the tail of their distribution, and looked up at evaluation time:
 
 - **Tail.** Drift must be rare on windows without drift (a per-feature level q of about
-  1 in 4,000, see `feature_level`), far beyond what a thousand simulated windows show
+  1 in 2,000, see `feature_level`), far beyond what a thousand simulated windows show
   directly. Every measure here is, on windows without drift, a norm of an asymptotically
   Gaussian process (KS, Wasserstein, energy distance, Cohen's d and h, rank-biserial), or of
   a Gaussian vector (Jensen-Shannon, Hellinger, Cohen's w, total variation; PSI and KL are

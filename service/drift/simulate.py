@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import multiprocessing
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -115,17 +114,18 @@ _POOL_MIN_VALUES = 2_000_000
 
 
 def simulate_columns(samples: dict[str, ColumnSample], seed: str, progress: CalibrationProgress | None = None,
-                     workers: int | None = None) -> dict[str, NoiseTable]:
+                     workers: int = 1) -> dict[str, NoiseTable]:
     """The noise table of every column; `progress(done, total, column)` after each one.
 
     Each column's generator is seeded from `seed` (the profile's content hash) and its name, so
-    the tables do not depend on the order or the process the columns are simulated in. Large
-    profiles are simulated by a pool of processes (at most `workers`, default: the CPUs, up
-    to 4)."""
+    the tables do not depend on the order or the process the columns are simulated in. With
+    `workers` above 1 (the command line passes the CPUs), large profiles are simulated by a pool
+    of that many processes (at most 4; spawned, so a script calling this needs the usual
+    `if __name__ == "__main__":` guard)."""
     names = list(samples)
     jobs = [(samples[n], _column_seed(seed, n)) for n in names]
     total_values = sum(s.n for s in samples.values())
-    workers = min(workers or os.cpu_count() or 1, 4, len(names))
+    workers = min(workers, 4, len(names))
     tables: dict[str, NoiseTable] = {}
     if workers <= 1 or total_values < _POOL_MIN_VALUES:
         for done, (name, (sample, column_seed)) in enumerate(zip(names, jobs, strict=True), 1):
