@@ -12,9 +12,10 @@ count-based measures, `sim_ecdf.py` for the empirical-CDF ones; the same numbers
   data also holds values the reference never had, about as often as the reference's values seen
   once (Good-Turing: f1 / N); those are drawn too, each a category of its own.
 - **Empirical CDFs** (wasserstein, ed, ks_statistic, cohens_d, rank_biserial): windows of
-  reference values, plus the values new data has beyond the reference's range. Simulated up to
-  3,162 values: beyond, these measures follow their n^-1/2 law (`NoiseTable.floor`), which
-  they have reached there (bench/bench_calibration.py --tails compares the two at 10,000).
+  reference values, plus the values new data has beyond the reference's range; 1,000,000 / m
+  windows of m values (400 to 2,000). Simulated up to 3,162 values: beyond, these measures
+  follow their n^-1/2 law (`NoiseTable.floor`), which they have reached there
+  (bench/bench_calibration.py --tails compares the two at 10,000: within 4%).
 
 Resampling is per column: a feature's floor depends on its own distribution only. The
 features' correlation enters at the dataset rule, whose level (`noise.feature_level`) holds for
@@ -40,7 +41,8 @@ from .sim_ecdf import MEASURES as ECDF_MEASURES
 from .sim_ecdf import Ecdf
 
 REPLICATES = 1000  # windows per size, count-based measures
-ECDF_REPLICATES = 400  # windows per size, empirical-CDF measures (each costs m values)
+ECDF_WORK = 1_000_000  # empirical-CDF measures: windows per size, ECDF_WORK / m (each costs m values) …
+ECDF_REPLICATES = (400, 2_000)  # … within these bounds: many small windows, where the floors matter most
 ECDF_MAX_SIZE = 3_200  # above, the empirical-CDF measures follow their n^-1/2 law
 _DIRECT_VALUES = 20  # binned methods compare value by value up to this many (binned.py)
 _COUNTS_MAX_VALUES = 1000  # chisquare / z effect sizes are simulated for numerical columns this small
@@ -55,7 +57,7 @@ def simulate(sample: ColumnSample, rng: np.random.Generator) -> NoiseTable:
     # up to the first size at or above the reference's own: a window is looked up at n_eff < N
     sizes = tuple(GRID[:next((i + 1 for i, s in enumerate(GRID) if s >= sample.n), len(GRID))])
     draws: dict[str, list[np.ndarray]] = {}
-    replicates: dict[str, int] = {}
+    replicates: dict[str, tuple[int, ...]] = {}
     if sample.kind is ColumnKind.CATEGORICAL:
         if sample.nunique > MAX_CATEGORIES:
             return NoiseTable((), {}, {})
@@ -64,7 +66,7 @@ def simulate(sample: ColumnSample, rng: np.random.Generator) -> NoiseTable:
         reps = max(200, min(REPLICATES, 2_000_000 // sample.nunique))
         for m in sizes:
             _collect(draws, counts.measures(m, reps, rng, CATEGORICAL_MEASURES))
-        replicates.update(dict.fromkeys(draws, reps))
+        replicates.update({name: (reps,) * len(sizes) for name in draws})
     else:
         _simulate_numerical(sample, sizes, rng, draws, replicates)
     fits = {name: tuple(TailFit.of(name, v) for v in values) for name, values in draws.items()}
@@ -83,7 +85,7 @@ def _unseen_rate(counts: np.ndarray) -> float:
 
 
 def _simulate_numerical(sample: ColumnSample, sizes: tuple[int, ...], rng: np.random.Generator,
-                        draws: dict[str, list[np.ndarray]], replicates: dict[str, int]) -> None:
+                        draws: dict[str, list[np.ndarray]], replicates: dict[str, tuple[int, ...]]) -> None:
     r = sample.sorted
     uniques, counts = sample.uniques, sample.unique_counts
     direct = CountModel(counts, _unseen_rate(counts)) if uniques.size <= _COUNTS_MAX_VALUES else None
@@ -102,9 +104,13 @@ def _simulate_numerical(sample: ColumnSample, sizes: tuple[int, ...], rng: np.ra
             found.update(direct.measures(m, REPLICATES, rng, ("cohens_w", "cohens_h")))
         _collect(draws, found)
         if m <= ECDF_MAX_SIZE:
-            _collect(draws, ecdf.measures(m, ECDF_REPLICATES, rng))
+            reps = min(max(ECDF_WORK // m, ECDF_REPLICATES[0]), ECDF_REPLICATES[1])
+            _collect(draws, ecdf.measures(m, reps, rng))
+            for name in ECDF_MEASURES:
+                replicates[name] = (*replicates.get(name, ()), reps)
     for name in draws:
-        replicates[name] = ECDF_REPLICATES if name in ECDF_MEASURES else REPLICATES
+        if name not in ECDF_MEASURES:
+            replicates[name] = (REPLICATES,) * len(draws[name])
 
 
 CalibrationProgress = Callable[[int, int, str], None]
