@@ -130,8 +130,9 @@ def feature_quality(facts: ReferenceFacts, ref: ColumnSample, cur: ColumnSample,
     labels: tuple[tuple[str, int], ...] = ()
     if facts.kind is ColumnKind.NUMERICAL:
         outside = 0
-        if present and facts.minimum is not None and facts.maximum is not None:
-            s = cur.sorted
+        s = cur.sorted
+        if present and facts.minimum is not None and facts.maximum is not None and (
+                s[0] < facts.minimum or s[-1] > facts.maximum):  # most windows lie within the range
             below = np.searchsorted(s, facts.minimum, "left")
             outside = int(below + s.size - np.searchsorted(s, facts.maximum, "right"))
         out_ratio = outside / present if present else 0.0
