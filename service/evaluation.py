@@ -266,6 +266,11 @@ def quality_json(q: FeatureQuality | None) -> dict[str, Any] | None:
             "type_errors": q.type_errors, "type_error_ratio": q.type_error_ratio}
 
 
+def quality_issues_json(r: WindowResult) -> list[dict[str, Any]]:
+    """The window's features with data-quality issues, and which."""
+    return [{"feature": f.feature, "issues": list(f.quality.issues)} for f in r.quality_issues if f.quality]
+
+
 def feature_json(f: FeatureDrift) -> dict[str, Any]:
     return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
             "score": _num(f.score), "drifted": f.drifted, "values": f.values,
@@ -284,8 +289,7 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
             "drift_share_threshold": r.drift_share_threshold,
             "drifted_features": [f.feature for f in r.drifted_features],
             "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
-            "data_quality_issues": [{"feature": f.feature, "issues": list(f.quality.issues)}
-                                    for f in r.quality_issues if f.quality],
+            "data_quality_issues": quality_issues_json(r),
             "features": [feature_json(f) for f in r.features],
             "prediction": feature_json(r.prediction) if r.prediction else None,
             "model_versions": r.model_versions, "reference_hash": r.reference_hash,

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
-from .evaluation import WindowResult, evaluate_window, feature_json
+from .evaluation import WindowResult, evaluate_window, feature_json, quality_issues_json
 from .monitor import MonitorSetupError, feature_kinds
 from .offline_table import render_table
 from .reference import (
@@ -76,8 +76,7 @@ class OfflineResult:
                 "drift_share_threshold": r.drift_share_threshold,
                 "drifted_features": [f.feature for f in r.drifted_features],
                 "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
-                "data_quality_issues": [{"feature": f.feature, "issues": list(f.quality.issues)}
-                                        for f in r.quality_issues if f.quality],
+                "data_quality_issues": quality_issues_json(r),
                 "features": [feature_json(f) for f in r.features],
                 "prediction": feature_json(r.prediction) if r.prediction else None}
 

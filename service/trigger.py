@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import RetrainSettings
-from .evaluation import FeatureDrift, WindowResult, WindowStatus
+from .evaluation import FeatureDrift, WindowResult, WindowStatus, quality_json
 from .store import Store
 
 EVENT_TYPE = "driftline.retrain.requested"
@@ -85,15 +85,9 @@ def _drift(f: FeatureDrift) -> dict[str, Any]:
 
 
 def _quality(f: FeatureDrift) -> dict[str, Any]:
-    """A feature's data-quality issues and the shares behind them (aggregates; unseen category
-    labels only where they look like codes, capped: see service/quality.py)."""
-    q = f.quality
-    assert q is not None
-    return {"feature": f.feature, "issues": list(q.issues), "missing_ratio": q.missing_ratio,
-            "reference_missing_ratio": q.reference_missing_ratio, "out_of_range_ratio": q.out_of_range_ratio,
-            "unseen_category_ratio": q.unseen_category_ratio,
-            "unseen_labels": [{"label": label, "count": n} for label, n in q.unseen_labels],
-            "type_error_ratio": q.type_error_ratio}
+    """A feature's data-quality issues and the shares behind them, as the status API shows them
+    (aggregates, and unseen category labels only where they look like codes: service/quality.py)."""
+    return {"feature": f.feature, **(quality_json(f.quality) or {})}
 
 
 def _finite(x: float | None) -> float | None:

@@ -265,8 +265,9 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     # broken data is named, with the only raw values driftline ever sends: capped unseen category labels
     assert data["data_quality_issues"] == [
         {"feature": "region", "issues": ["unseen_category"], "missing_ratio": 0.0, "reference_missing_ratio": 0.0,
-         "out_of_range_ratio": None, "unseen_category_ratio": 0.031,
-         "unseen_labels": [{"label": "crypto", "count": 62}], "type_error_ratio": 0.0}]
+         "out_of_range_ratio": None, "unseen_category_ratio": 0.031, "expected_unseen_ratio": 0.0,
+         "unseen_categories": 1, "unseen_labels": [{"label": "crypto", "count": 62}], "type_errors": 0,
+         "type_error_ratio": 0.0}]
     assert data["reference"] == {"content_hash": "sha256:" + "cd" * 32}
     assert data["model_version"] == "v8"
 
