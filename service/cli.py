@@ -92,13 +92,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_reference_build(args: argparse.Namespace) -> int:
     from .drift import ColumnKind
-    from .reference import ReferenceError, build_profile, print_progress, save_profile
+    from .reference import ReferenceError, build_profile, print_calibration_progress, print_progress, save_profile
 
     kinds = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
     kinds.update({c: ColumnKind.CATEGORICAL for c in _split(args.categorical)})
     try:
         profile = build_profile(args.data, columns=_split(args.columns) or None, kinds=kinds,
-                                progress=None if args.quiet else print_progress)
+                                progress=None if args.quiet else print_progress,
+                                calibration_progress=None if args.quiet else print_calibration_progress,
+                                workers=os.cpu_count() or 1)
         save_profile(profile, args.out)
     except ReferenceError as exc:
         print(f"driftline reference build: {exc}", file=sys.stderr)
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--numerical", help="columns to treat as numerical (reference given as data)")
     ev.add_argument("--categorical", help="columns to treat as categorical (reference given as data)")
     ev.add_argument("--prediction-column", help="the model's output: scored and reported apart, not in the share")
+    ev.add_argument("--calibration", default="on", help="on (default): thresholds calibrated to the file's size; "
+                                                        "off: Evidently's plain thresholds")
     ev.add_argument("--format", default="table", help="table (default) or json")
     ev.add_argument("--fail-on-drift", action="store_true", help="exit with 3 when the dataset drifts")
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -25,7 +25,7 @@ import base64
 import binascii
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from driftline.collectors import schema
@@ -44,7 +44,7 @@ from driftline.collectors.schema import (
     positive,
 )
 from driftline.collectors.schema import Model as _Model
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .drift import METHODS, ColumnKind
 
@@ -142,17 +142,61 @@ class WindowSettings(_Model):
         return positive(parse_duration(v))
 
 
+class DataQualitySettings(_Model):
+    """When a feature's data quality is a signal of its own (service/quality.py): each share
+    must also be beyond the sampling noise of the window's size."""
+
+    unseen_category_share: float = Field(0.01, gt=0, le=1, description="share of a categorical feature's "
+                                         "values in categories the reference never had")
+    out_of_range_share: float = Field(0.01, gt=0, le=1, description="share of a numerical feature's values "
+                                      "outside the reference's observed min..max")
+    missing_share_factor: float = Field(2.0, ge=1, description="the missing share reaches this multiple of "
+                                        "the reference's …")
+    missing_share_increase: float = Field(0.05, gt=0, le=1, description="… and exceeds it by this much")
+    type_error_share: float = Field(0.01, gt=0, le=1, description="share of events rejected because the "
+                                    "feature had the wrong type")
+    unseen_labels: int = Field(5, ge=0, le=20, description="unseen categories named per feature, most frequent "
+                               "first, where the labels look like codes (0: none)")
+
+
+def _on_off(v: Any) -> Any:
+    # YAML 1.1 reads a bare `on` / `off` as a boolean
+    return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
 class DriftSettings(_Model):
     method: str | None = Field(None, description="method for every feature; default: Evidently's choice")
     num_method: str | None = None
     cat_method: str | None = None
     threshold: Threshold | None = None
     drift_share: float = Field(0.5, gt=0, le=1, description="dataset drift when this share of features drift")
+    calibration: Annotated[Literal["on", "off"], BeforeValidator(_on_off)] = Field(
+        "on", description="on: a feature drifts beyond both its threshold and the noise floor of a window "
+        "its size; off: Evidently's plain thresholds")
+    false_alarm_rate: float = Field(0.001, gt=0, le=0.05, description="with calibration: at most this share "
+                                    "of windows without drift are declared dataset drift")
+    effect_size_floors: dict[str, Threshold] = Field(
+        default_factory=dict, description="p-value method -> the smallest effect size that drifts "
+        "(defaults in docs/drift-methods.md)")
+    data_quality: DataQualitySettings = Field(default_factory=DataQualitySettings)
 
     @field_validator("method", "num_method", "cat_method")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
         return _known_method(v)
+
+    @field_validator("effect_size_floors")
+    @classmethod
+    def _p_value_methods(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, floor in v.items():
+            FeatureSpec._known_method(name)
+            if METHODS[name].effect is None:
+                p_value = ", ".join(sorted(n for n, m in METHODS.items() if m.effect))
+                raise ValueError(f"{name} is a distance, whose threshold is its effect size; effect size "
+                                 f"floors are for the p-value methods: {p_value}")
+            if floor < 0:
+                raise ValueError(f"{name}: an effect size floor is at least 0")
+        return v
 
 
 class RetrainSettings(_Model):

@@ -1,24 +1,72 @@
-"""Drift of one window against the reference profile, as Evidently's DataDriftPreset does it.
+"""Drift of one window against the reference profile, as Evidently's DataDriftPreset does it,
+with thresholds calibrated to the window's size, and each feature's data quality.
 
 Per feature: NaN/missing values are left out (and reported as the missing ratio), the
 method is the configured one or Evidently's automatic choice, the threshold the
 configured one or the method's default. The dataset drifts when the share of drifted
 features reaches `drift_share`. A window with fewer events than `min_events` is reported
 as insufficient data and never drifts.
+
+**Calibration** (`drift.calibration: on`, the default). Evidently's verdict (the score
+against the threshold) stands, and two more conditions must hold for a feature to drift:
+
+- the *noise floor*: the score, for a p-value method its effect size, is at least what a
+  window of this many values drawn from the training data itself reaches once in about
+  2,000 windows (`drift/noise.py`; the level follows from `drift.false_alarm_rate`, see
+  `feature_level`). Small windows need a larger difference, large windows do not;
+- for p-value methods the *effect size floor*: the effect size is at least the smallest
+  difference worth acting on (`drift/effects.py`), so that a huge window does not flag a
+  difference nobody would act on.
+
+Every feature reports Evidently's own verdict (`plain_drifted`), the limits and which of
+them decided. `drift.calibration: off` gives Evidently's plain thresholds exactly.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
-from .profile import WindowProfile
-from .reference import ReferenceProfile
+from .drift.effects import EFFECTS
+from .drift.noise import feature_level
+from .quality import QUALITY_CHECKS, DataQualityLimits, FeatureQuality, feature_quality
+from .reference import ReferenceColumn, ReferenceProfile
+
+
+class WindowView(Protocol):
+    """What `evaluate_window` reads from a window profile (service/profile.py's WindowProfile)."""
+
+    @property
+    def events(self) -> int: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def missing(self) -> Sequence[int]: ...  # per feature: events lacking it
+    @property
+    def prediction_missing(self) -> int: ...
+    @property
+    def model_versions(self) -> Mapping[str, int]: ...
+
+    def sample(self, i: int) -> ColumnSample: ...  # feature i's values (sorted) or label counts
+    def exact(self, i: int) -> bool: ...  # False once feature i held more values than the budget
+    def prediction_sample(self) -> ColumnSample | None: ...
+
+
+@runtime_checkable
+class CountsTypeErrors(Protocol):
+    """A window that also counts, per feature, the events rejected because that feature had the
+    wrong type (WindowProfile does)."""
+
+    @property
+    def type_errors(self) -> Sequence[int]: ...
 
 
 class WindowStatus(str, Enum):
@@ -31,12 +79,20 @@ class FeatureDrift:
     feature: str
     kind: ColumnKind
     method: str | None  # None when the window had no value of the feature
-    threshold: float | None
+    threshold: float | None  # the method's threshold, Evidently's practical one
     score: float | None
     drifted: bool
     values: int  # values compared (after dropping missing ones)
     missing_ratio: float
     exact: bool  # False once the window held more values than the exactness budget
+    plain_drifted: bool = False  # Evidently's verdict: the score against the threshold alone
+    calibrated: bool = False  # a noise floor took part in the verdict
+    noise_floor: float | None = None  # on the scale of `effect_size` (p-value methods) or of the score
+    effect_size: float | None = None  # p-value methods: how large the difference is
+    effect_size_measure: str | None = None  # its name (ks_statistic, cohens_d, …)
+    effect_size_floor: float | None = None  # p-value methods, calibration on: the smallest that drifts
+    decided_by: str | None = None  # threshold | effect_size_floor | noise_floor (see `_verdict`)
+    quality: FeatureQuality | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +112,16 @@ class WindowResult:
     reference_hash: str
     evaluated_at: float
     duration_seconds: float
+    calibration: str = "off"  # on | off | unavailable: why
+    false_alarm_level: float | None = None  # calibration on: the per-feature level of the noise floors
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:
         return tuple(f for f in self.features if f.drifted)
+
+    @property
+    def quality_issues(self) -> tuple[FeatureDrift, ...]:
+        return tuple(f for f in self.features if f.quality is not None and f.quality.issues)
 
     @property
     def model_version(self) -> str | None:
@@ -69,46 +131,107 @@ class WindowResult:
         return max(self.model_versions.items(), key=lambda kv: kv[1])[0]
 
 
+@dataclass(frozen=True)
+class _Calibration:
+    on: bool
+    level: float  # per-feature chance of a noise-floor exceedance without drift
+    status: str
+
+
+def _calibration(drift: DriftSettings, reference: ReferenceProfile, features: int) -> _Calibration:
+    level = feature_level(drift.false_alarm_rate, drift.drift_share, features)
+    if drift.calibration == "off":
+        return _Calibration(False, level, "off")
+    if reference.calibration_note:
+        return _Calibration(True, level, f"unavailable: {reference.calibration_note}")
+    return _Calibration(True, level, "on")
+
+
 def _pick_method(spec_method: str | None, drift: DriftSettings, kind: ColumnKind,
                  ref: ColumnSample, cur: ColumnSample) -> DriftMethod:
     name = spec_method or drift.method or (drift.num_method if kind is ColumnKind.NUMERICAL else drift.cat_method)
     return get_method(name) if name else default_method(ref, cur)
 
 
-def _column_drift(name: str, kind: ColumnKind, ref: ColumnSample, cur: ColumnSample, missing: int,
-                  events: int, method_name: str | None, threshold: float | None, drift: DriftSettings,
-                  exact: bool, evaluate: bool) -> FeatureDrift:
+def _verdict(method: DriftMethod, score: float, threshold: float, effect: float | None,
+             effect_floor: float | None, noise: float | None) -> tuple[bool, str]:
+    """(drifted, decided_by) with calibration on.
+
+    decided_by names the limit that decided: for a p-value method whose p-value is not below
+    its threshold, "threshold" (Evidently's verdict: no drift); otherwise the larger of the
+    limits on the effect scale: "effect_size_floor" or "noise_floor" for a p-value method,
+    "threshold" or "noise_floor" for a distance."""
+    plain = method.verdict.drifted(score, threshold)
+    if effect_floor is not None:  # a p-value method
+        if not plain:
+            return False, "threshold"
+        limit, by = (noise, "noise_floor") if noise is not None and noise > effect_floor else (effect_floor,
+                                                                                               "effect_size_floor")
+        return effect is not None and math.isfinite(effect) and effect >= limit, by
+    if noise is None or noise <= threshold:
+        return plain, "threshold"
+    return plain and method.verdict.drifted(score, noise), "noise_floor"
+
+
+def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missing: int, events: int,
+                  method_name: str | None, threshold: float | None, drift: DriftSettings, exact: bool,
+                  evaluate: bool, calib: _Calibration, quality: FeatureQuality | None) -> FeatureDrift:
+    ref, kind = ref_col.sample, ref_col.kind
     missing_ratio = missing / events if events else 0.0
     if not evaluate or cur.n == 0:
-        return FeatureDrift(name, kind, None, None, None, False, cur.n, missing_ratio, exact)
+        return FeatureDrift(name, kind, None, None, None, False, cur.n, missing_ratio, exact, quality=quality)
     method = _pick_method(method_name, drift, kind, ref, cur)
     thr = threshold if threshold is not None else (
         drift.threshold if drift.threshold is not None else method.default_threshold)
     score = method.score(ref, cur)
-    return FeatureDrift(name, kind, method.name, thr, score, method.verdict.drifted(score, thr),
-                        cur.n, missing_ratio, exact)
+    plain = method.verdict.drifted(score, thr)
+    effect = EFFECTS[method.effect].size(ref, cur) if method.effect else None
+    if not calib.on:
+        return FeatureDrift(name, kind, method.name, thr, score, plain, cur.n, missing_ratio, exact, plain,
+                            effect_size=effect, effect_size_measure=method.effect, decided_by="threshold",
+                            quality=quality)
+    effect_floor = None
+    if method.effect:
+        effect_floor = drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
+    noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.level) if ref_col.noise else None
+    drifted, by = _verdict(method, score, thr, effect, effect_floor, noise)
+    return FeatureDrift(name, kind, method.name, thr, score, drifted, cur.n, missing_ratio, exact, plain,
+                        noise is not None, noise, effect, method.effect, effect_floor, by, quality)
 
 
-def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings: MonitorSettings,
+def _type_errors(window: WindowView, count: int) -> list[int | None]:
+    if isinstance(window, CountsTypeErrors):
+        return [int(n) for n in window.type_errors[:count]]
+    return [None] * count
+
+
+def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: MonitorSettings,
                     feature_names: tuple[str, ...], horizon: str | None = None) -> WindowResult:
     started = time.perf_counter()
     enough = window.events >= settings.window.min_events
     drift = settings.drift
+    calib = _calibration(drift, reference, len(feature_names))
+    dq = drift.data_quality
+    limits = DataQualityLimits(dq.unseen_category_share, dq.out_of_range_share, dq.missing_share_factor,
+                               dq.missing_share_increase, dq.type_error_share, dq.unseen_labels,
+                               calib.level / QUALITY_CHECKS)
     features = []
+    type_errors = _type_errors(window, len(feature_names))
     for i, name in enumerate(feature_names):
         spec = settings.event.features[name]
         ref_col = reference.column(name)
-        features.append(_column_drift(name, ref_col.kind, ref_col.sample, window.sample(i), window.missing[i],
-                                      window.events, spec.method, spec.threshold, drift,
-                                      window.exact(i), enough))
+        cur = window.sample(i)
+        quality = feature_quality(ref_col.facts, ref_col.sample, cur, window.missing[i], window.events,
+                                  type_errors[i], limits, signals=enough)
+        features.append(_column_drift(name, ref_col, cur, window.missing[i], window.events, spec.method,
+                                      spec.threshold, drift, window.exact(i), enough, calib, quality))
     prediction = None
     pred_sample = window.prediction_sample()
     if pred_sample is not None and settings.event.prediction is not None:
         spec_p = settings.event.prediction
-        ref_p = reference.column(spec_p.column)
-        prediction = _column_drift("prediction", ref_p.kind, ref_p.sample, pred_sample,
+        prediction = _column_drift("prediction", reference.column(spec_p.column), pred_sample,
                                    window.prediction_missing, window.events, spec_p.method, spec_p.threshold,
-                                   drift, True, enough)
+                                   drift, True, enough, calib, None)
     evaluated = [f for f in features if f.method is not None]
     share = sum(f.drifted for f in evaluated) / len(evaluated) if evaluated else 0.0
     status = WindowStatus.EVALUATED if enough else WindowStatus.INSUFFICIENT_DATA
@@ -119,17 +242,37 @@ def evaluate_window(window: WindowProfile, reference: ReferenceProfile, settings
         drift_share_threshold=drift.drift_share,
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
-        evaluated_at=time.time(), duration_seconds=time.perf_counter() - started)
+        evaluated_at=time.time(), duration_seconds=time.perf_counter() - started,
+        calibration=calib.status, false_alarm_level=calib.level if calib.on else None)
 
 
 def _num(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def quality_json(q: FeatureQuality | None) -> dict[str, Any] | None:
+    if q is None:
+        return None
+    return {"issues": list(q.issues), "missing_ratio": q.missing_ratio,
+            "reference_missing_ratio": q.reference_missing_ratio, "out_of_range_ratio": q.out_of_range_ratio,
+            "unseen_category_ratio": q.unseen_category_ratio, "expected_unseen_ratio": q.expected_unseen_ratio,
+            "unseen_categories": q.unseen_categories,
+            "unseen_labels": [{"label": label, "count": n} for label, n in q.unseen_labels],
+            "type_errors": q.type_errors, "type_error_ratio": q.type_error_ratio}
+
+
+def quality_issues_json(r: WindowResult) -> list[dict[str, Any]]:
+    """The window's features with data-quality issues, and which."""
+    return [{"feature": f.feature, "issues": list(f.quality.issues)} for f in r.quality_issues if f.quality]
+
+
 def feature_json(f: FeatureDrift) -> dict[str, Any]:
     return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
             "score": _num(f.score), "drifted": f.drifted, "values": f.values,
-            "missing_ratio": f.missing_ratio, "exact": f.exact}
+            "missing_ratio": f.missing_ratio, "exact": f.exact, "plain_drifted": f.plain_drifted,
+            "calibrated": f.calibrated, "noise_floor": _num(f.noise_floor), "effect_size": _num(f.effect_size),
+            "effect_size_measure": f.effect_size_measure, "effect_size_floor": f.effect_size_floor,
+            "decided_by": f.decided_by, "data_quality": quality_json(f.quality)}
 
 
 def result_json(r: WindowResult | None) -> dict[str, Any] | None:
@@ -140,6 +283,8 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
             "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
             "drift_share_threshold": r.drift_share_threshold,
             "drifted_features": [f.feature for f in r.drifted_features],
+            "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+            "data_quality_issues": quality_issues_json(r),
             "features": [feature_json(f) for f in r.features],
             "prediction": feature_json(r.prediction) if r.prediction else None,
             "model_versions": r.model_versions, "reference_hash": r.reference_hash,

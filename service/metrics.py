@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from .evaluation import FeatureDrift, WindowResult, WindowStatus
+from .quality import FeatureQuality
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
@@ -128,6 +129,8 @@ class MonitorCollector(Collector):
             g["feature_drift_score"].add_metric([m.name, feat, method, horizon], score)
             g["feature_drift_detected"].add_metric([m.name, feat, horizon], float(bool(f and f.drifted)))
             g["feature_missing_ratio"].add_metric([m.name, feat, horizon], f.missing_ratio if f else 0.0)
+            _collect_calibration(g, [m.name, feat, horizon], f if evaluated else None)
+            _collect_quality(g, [m.name, feat, horizon], f.quality if f else None)
         if m.has_prediction:
             p = r.prediction if r is not None else None
             method = p.method if p is not None and p.method else m.configured_prediction_method()
@@ -141,6 +144,33 @@ class MonitorCollector(Collector):
         g["last_evaluation_timestamp_seconds"].add_metric([m.name, horizon], r.evaluated_at if r else 0.0)
 
 
+def _collect_calibration(g: dict[str, GaugeMetricFamily], labels: list[str], f: FeatureDrift | None) -> None:
+    scored = f is not None and f.method is not None
+    effect = (f.effect_size if f.effect_size_measure else f.score) if f is not None and scored else None
+    practical = (f.effect_size_floor if f.effect_size_measure else f.threshold) if f is not None and scored else None
+    for name, value in (("feature_effect_size", effect), ("feature_practical_threshold", practical),
+                        ("feature_noise_floor", f.noise_floor if f is not None else None)):
+        g[name].add_metric(labels, math.nan if value is None else value)
+    g["feature_plain_drift_detected"].add_metric(labels, float(bool(f and f.plain_drifted)))
+
+
+def _collect_quality(g: dict[str, GaugeMetricFamily], labels: list[str], q: FeatureQuality | None) -> None:
+    # a share that does not apply to the feature's kind (out of range: categorical) is 0
+    for name, value in (("feature_reference_missing_ratio", q.reference_missing_ratio if q else None),
+                        ("feature_out_of_range_ratio", q.out_of_range_ratio if q else None),
+                        ("feature_unseen_category_ratio", q.unseen_category_ratio if q else None),
+                        ("feature_type_error_ratio", q.type_error_ratio if q else None)):
+        g[name].add_metric(labels, value or 0.0)
+    for issue, name in _QUALITY_SIGNALS:
+        g[name].add_metric(labels, float(bool(q and issue in q.issues)))
+
+
+_QUALITY_SIGNALS = (("unseen_category", "feature_unseen_category_detected"),
+                    ("missing_increase", "feature_missing_increase_detected"),
+                    ("out_of_range", "feature_out_of_range_detected"),
+                    ("type_error", "feature_type_errors_detected"))
+_FEATURE = ["monitor", "feature", "horizon"]
+
 _GAUGES = (
     ("feature_drift_score", "Drift score of a feature in the latest evaluated window (p-value or distance, "
      "per the method)", ["monitor", "feature", "method", "horizon"]),
@@ -148,6 +178,28 @@ _GAUGES = (
      ["monitor", "feature", "horizon"]),
     ("feature_missing_ratio", "Share of the latest window's events without the feature",
      ["monitor", "feature", "horizon"]),
+    ("feature_plain_drift_detected", "1 if the feature drifted by Evidently's plain threshold alone (with "
+     "calibration off, the verdict)", _FEATURE),
+    ("feature_effect_size", "What calibration compares with the feature's limits: the effect size of a p-value "
+     "method, the score of a distance", _FEATURE),
+    ("feature_practical_threshold", "The smallest effect that drifts, whatever the window's size: a distance "
+     "method's threshold, a p-value method's effect size floor", _FEATURE),
+    ("feature_noise_floor", "The effect a window of this size without drift reaches once in about 1/level windows "
+     "(NaN: calibration off or unavailable)", _FEATURE),
+    ("feature_reference_missing_ratio", "Share of the reference's rows without the feature", _FEATURE),
+    ("feature_out_of_range_ratio", "Share of a numerical feature's values outside the reference's min..max in "
+     "the latest window", _FEATURE),
+    ("feature_unseen_category_ratio", "Share of a categorical feature's values in categories the reference "
+     "never had, in the latest window", _FEATURE),
+    ("feature_type_error_ratio", "Share of the latest window's events rejected because the feature had the "
+     "wrong type", _FEATURE),
+    ("feature_unseen_category_detected", "1 if unseen categories passed data_quality.unseen_category_share, "
+     "beyond chance", _FEATURE),
+    ("feature_missing_increase_detected", "1 if the missing share rose far above the reference's, beyond chance",
+     _FEATURE),
+    ("feature_out_of_range_detected", "1 if values outside the reference's range passed "
+     "data_quality.out_of_range_share, beyond chance", _FEATURE),
+    ("feature_type_errors_detected", "1 if type errors passed data_quality.type_error_share", _FEATURE),
     ("prediction_drift_score", "Drift score of the model's prediction in the latest window",
      ["monitor", "method", "horizon"]),
     ("prediction_drift_detected", "1 if the prediction distribution drifted", ["monitor", "horizon"]),

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ from pydantic import ValidationError
 
 from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
-from .evaluation import FeatureDrift, WindowResult, evaluate_window, feature_json
+from .evaluation import WindowResult, evaluate_window, feature_json, quality_issues_json
 from .monitor import MonitorSetupError, feature_kinds
+from .offline_table import render_table
 from .profile import WindowProfile
 from .reference import (
     ReferenceError,
@@ -41,6 +43,7 @@ from .reference import (
     build_profile,
     category_label,
     load_profile,
+    with_noise_floors,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
@@ -72,39 +75,16 @@ class OfflineResult:
                 "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
                 "drift_share_threshold": r.drift_share_threshold,
                 "drifted_features": [f.feature for f in r.drifted_features],
+                "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+                "data_quality_issues": quality_issues_json(r),
                 "features": [feature_json(f) for f in r.features],
                 "prediction": feature_json(r.prediction) if r.prediction else None}
 
     def to_table(self) -> str:
-        r = self.result
         ref_rows = self.reference.meta.get("rows")
-        lines = [f"reference  {self.reference_path}" + (f": {ref_rows:,} rows" if ref_rows else "")
-                 + f", {self.reference.content_hash}", f"current    {self.current_path}: {r.events:,} rows", ""]
-        rows: list[tuple[str, ...]] = [("feature", "type", "method", "threshold", "score", "drifted", "values",
-                                        "missing")]
-        rows += [_table_row(f) for f in r.features]
-        if r.prediction is not None:
-            rows.append(_table_row(r.prediction))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for n, row in enumerate(rows):  # text columns left-aligned, numbers right-aligned
-            if r.prediction is not None and n == len(rows) - 1:
-                lines += ["", "prediction (reported apart, not counted in the share):"]
-            lines.append("  ".join(c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-        evaluated = sum(f.method is not None for f in r.features)
-        lines += ["", f"dataset drift: {'YES' if r.dataset_drift else 'no'}, {len(r.drifted_features)} of "
-                      f"{evaluated} features drifted (share {r.drift_share:.4g}, "
-                      f"drifts at {r.drift_share_threshold:g})"]
-        return "\n".join(lines)
-
-
-def _table_row(f: FeatureDrift) -> tuple[str, ...]:
-    def num(x: float | None) -> str:
-        return "-" if x is None else f"{x:.10g}"
-
-    verdict = "no values" if f.method is None else ("YES" if f.drifted else "no")
-    return (f.feature, f.kind.value, f.method or "-", num(f.threshold), num(f.score), verdict,
-            f"{f.values:,}", f"{100 * f.missing_ratio:.1f}%")
+        return render_table(self.result, f"reference  {self.reference_path}"
+                            + (f": {ref_rows:,} rows" if ref_rows else "") + f", {self.reference.content_hash}",
+                            f"current    {self.current_path}: {self.result.events:,} rows")
 
 
 # -- reading files ------------------------------------------------------------------------
@@ -172,7 +152,8 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
                    per_column_method: dict[str, str] | None = None,
                    per_column_threshold: dict[str, float] | None = None,
                    types: dict[str, ColumnKind] | None = None, prediction_column: str | None = None,
-                   batch_rows: int = BATCH_ROWS, progress: Progress | None = None) -> OfflineResult:
+                   calibration: str = "on", batch_rows: int = BATCH_ROWS,
+                   progress: Progress | None = None, workers: int = 1) -> OfflineResult:
     """The service's drift table for `current` against `reference`; OfflineError on bad input.
 
     `progress(file, rows, total)` is called after each batch read (file: "reference" or "current")."""
@@ -186,6 +167,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
             raise OfflineError(f"{option}: {exc}") from None
     cur_names = _column_names(current, "--current")
     profile, ref_names = _load_reference(reference)
+    built = False
     pred = prediction_column
     features = _select(columns, exclude or [], ref_names, cur_names, pred, reference, current)
     compared = [*features, *([pred] if pred else [])]
@@ -200,15 +182,17 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     types = {c: v for c, v in (types or {}).items() if c in compared}
     if profile is None:
         try:
-            profile = build_profile(reference, columns=compared, kinds=types, batch_rows=batch_rows,
+            # its noise floors are simulated once the options are known to be right (below)
+            profile = build_profile(reference, columns=compared, kinds=types, batch_rows=batch_rows, calibrate=False,
                                     progress=progress and (lambda rows, total: progress("reference", rows, total)))
+            built = True
         except ReferenceError as exc:
             raise OfflineError(f"--reference {exc}") from None
     elif pred in types and types[pred] is not profile.columns[pred].kind:
         raise OfflineError(f"--{types[pred].value} {pred}: the reference profile holds it as "
                            f"{profile.columns[pred].kind.value}; rebuild the reference with --{types[pred].value}")
     settings = _settings(reference, features, method, num_method, cat_method, threshold, drift_share,
-                         col_methods, col_thresholds, types, pred)
+                         col_methods, col_thresholds, types, pred, calibration)
 
     def at(path: str) -> str:  # a config field, as the option that set it
         if path.startswith("drift."):
@@ -226,6 +210,9 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
         kinds = feature_kinds(settings, profile, 0, at)
     except MonitorSetupError as exc:
         raise OfflineError(str(exc)) from None
+    if built and calibration == "on":
+        profile = with_noise_floors(profile, progress and (lambda done, total, _: progress("noise floors", done,
+                                                                                          total)), workers)
     pred_kind = profile.columns[pred].kind if pred else None
     names = list(features)
     try:
@@ -274,7 +261,8 @@ def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str],
 
 def _settings(reference: Path, features: list[str], method: str | None, num_method: str | None,
               cat_method: str | None, threshold: float | None, drift_share: float, col_methods: dict[str, str],
-              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None) -> MonitorSettings:
+              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None,
+              calibration: str = "on") -> MonitorSettings:
     """A monitor's settings for one file; where events would come from is inert (never used)."""
     def spec(name: str, **extra: Any) -> dict[str, Any]:
         return {"method": col_methods.get(name), "threshold": col_thresholds.get(name), **extra}
@@ -286,7 +274,7 @@ def _settings(reference: Path, features: list[str], method: str | None, num_meth
                       "prediction": spec(pred, path="prediction", column=pred) if pred else None},
             "window": {"type": "count", "size": 1, "min_events": 1},
             "drift": {"method": method, "num_method": num_method, "cat_method": cat_method,
-                      "threshold": threshold, "drift_share": drift_share}}
+                      "threshold": threshold, "drift_share": drift_share, "calibration": calibration}}
     try:
         return MonitorSettings.model_validate(conf)
     except ValidationError as exc:  # the options are checked before; this names what slipped through
@@ -320,6 +308,9 @@ def _pairs(option: str, text: str | None) -> dict[str, str]:
 
 
 def _print_progress(what: str, rows: int, total: int | None) -> None:
+    if what == "noise floors":
+        print(f"  noise floors: {rows} of {total} columns", file=sys.stderr, flush=True)
+        return
     share = f" ({100 * rows / total:.0f}%)" if total else ""
     print(f"  {what}: read {rows:,}{f' of {total:,}' if total else ''} rows{share}", file=sys.stderr, flush=True)
 
@@ -329,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format not in ("table", "json"):
             raise OfflineError(f"--format: expected table or json, got {args.format!r}")
+        calibration = getattr(args, "calibration", "on")
+        if calibration not in ("on", "off"):
+            raise OfflineError(f"--calibration: expected on or off, got {calibration!r}")
         types = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
         both = sorted(set(types) & set(_split(args.categorical)))
         if both:
@@ -345,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
                                 "a share greater than 0 and at most 1"),
             per_column_method=_pairs("--per-column-method", args.per_column_method),
             per_column_threshold=thresholds, types=types, prediction_column=args.prediction_column,
-            progress=show)
+            calibration=calibration, progress=show, workers=os.cpu_count() or 1)
     except OfflineError as exc:
         print(f"driftline evaluate: {exc}", file=sys.stderr)
         return EXIT_ERROR

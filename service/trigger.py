@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import RetrainSettings
-from .evaluation import WindowResult, WindowStatus
+from .evaluation import FeatureDrift, WindowResult, WindowStatus, quality_json
 from .store import Store
 
 EVENT_TYPE = "driftline.retrain.requested"
@@ -63,19 +63,31 @@ def request_body(message_id: str, result: WindowResult, consecutive: int, now: f
             "reason": f"dataset drift in {consecutive} consecutive windows",
             "window": {"start": iso(result.window_start), "end": iso(result.window_end),
                        "events": result.events},
-            "drifted_features": [
-                {"feature": f.feature, "method": f.method, "score": _finite(f.score), "threshold": f.threshold}
-                for f in result.drifted_features
-            ],
+            "drifted_features": [{**_drift(f), "feature": f.feature} for f in result.drifted_features],
             "dataset_drift_share": result.drift_share,
             "drift_share_threshold": result.drift_share_threshold,
+            "calibration": result.calibration,
             "prediction_drift": None if result.prediction is None or result.prediction.method is None else {
-                "method": result.prediction.method, "score": _finite(result.prediction.score),
-                "threshold": result.prediction.threshold, "drifted": result.prediction.drifted},
+                **_drift(result.prediction), "drifted": result.prediction.drifted},
+            "data_quality_issues": [_quality(f) for f in result.quality_issues],
             "reference": {"content_hash": result.reference_hash},
             "model_version": result.model_version,
         },
     }
+
+
+def _drift(f: FeatureDrift) -> dict[str, Any]:
+    """A feature's evidence: Evidently's score and threshold, and the calibrated verdict's limits."""
+    return {"method": f.method, "score": _finite(f.score), "threshold": f.threshold,
+            "noise_floor": _finite(f.noise_floor), "effect_size": _finite(f.effect_size),
+            "effect_size_measure": f.effect_size_measure, "effect_size_floor": f.effect_size_floor,
+            "decided_by": f.decided_by, "calibrated": f.calibrated}
+
+
+def _quality(f: FeatureDrift) -> dict[str, Any]:
+    """A feature's data-quality issues and the shares behind them, as the status API shows them
+    (aggregates, and unseen category labels only where they look like codes: service/quality.py)."""
+    return {"feature": f.feature, **(quality_json(f.quality) or {})}
 
 
 def _finite(x: float | None) -> float | None:

@@ -1,4 +1,6 @@
-"""A whole window's drift table equals Evidently's `Report([DataDriftPreset()])` on the same data."""
+"""A whole window's drift table equals Evidently's `Report([DataDriftPreset()])` on the same data:
+with `drift.calibration: off` the verdicts too; with it on, `plain_drifted` is Evidently's verdict
+and a feature drifts only where Evidently's does."""
 
 from __future__ import annotations
 
@@ -63,14 +65,19 @@ def assert_equal_tables(ours: Any, theirs: dict[str, Any]) -> None:
         assert f.method == method, f.feature
         assert f.threshold == threshold, f.feature
         assert f.score == pytest.approx(score, rel=1e-9, abs=1e-12) or (math.isnan(score) and math.isnan(f.score))
-    assert sum(f.drifted for f in ours.features) == theirs["count"]
-    assert ours.drift_share == pytest.approx(theirs["share"])
+    assert sum(f.plain_drifted for f in ours.features) == theirs["count"]
+    if ours.calibration == "off":
+        assert [f.drifted for f in ours.features] == [f.plain_drifted for f in ours.features]
+        assert ours.drift_share == pytest.approx(theirs["share"])
+    else:  # calibration only ever adds conditions to Evidently's verdict
+        assert ours.calibration == "on" and all(f.calibrated for f in ours.features)
+        assert all(f.plain_drifted for f in ours.features if f.drifted)
 
 
-def settings_for(reference: Path, drift_share: float = 0.2) -> MonitorSettings:
+def settings_for(reference: Path, drift_share: float = 0.2, calibration: str = "off") -> MonitorSettings:
     conf = monitor_config("m", "127.0.0.1:9", "t", reference, window={"type": "count", "size": 10**9,
                                                                      "min_events": 1})
-    conf["drift"] = {"drift_share": drift_share}
+    conf["drift"] = {"drift_share": drift_share, "calibration": calibration}
     return MonitorSettings.model_validate(conf)
 
 
@@ -98,8 +105,11 @@ def test_window_drift_table_equals_evidently_report(tmp_path: Path, reference_ro
     for e in events:
         feats = tuple(e["features"].get(f) for f in FEATURES)
         profile.add(feats, e["ts"], e["prediction"]["score"], None)
-    ours = evaluate_window(profile, reference, settings_for(tmp_path / "ref.dlref"), FEATURES)
-    assert_equal_tables(ours, evidently_table(training, events_frame(events), 0.2))
+    theirs = evidently_table(training, events_frame(events), 0.2)
+    for calibration in ("off", "on"):
+        ours = evaluate_window(profile, reference, settings_for(tmp_path / "ref.dlref", calibration=calibration),
+                               FEATURES)
+        assert_equal_tables(ours, theirs)
 
 
 @pytest.mark.integration
@@ -107,7 +117,8 @@ def test_the_running_service_reports_evidently_numbers_for_its_windows(
         services, tmp_path, broker, topic, training_data, reference_path) -> None:
     size = 1500
     conf = monitor_config("credit-risk", broker.bootstrap, topic, reference_path,
-                          window={"type": "count", "size": size, "min_events": 100})
+                          window={"type": "count", "size": size, "min_events": 100},
+                          drift={"drift_share": 0.2, "calibration": "off"})
     svc = ServiceProcess(tmp_path, [conf])
     services.append(svc)
     svc.start()
@@ -125,5 +136,6 @@ def test_the_running_service_reports_evidently_numbers_for_its_windows(
             assert f["score"] == pytest.approx(score, rel=1e-9, abs=1e-12)
             assert svc.sample("driftline_feature_drift_score", monitor="credit-risk", feature=f["feature"],
                               method=method) == pytest.approx(score, rel=1e-9, abs=1e-12)
+            assert f["drifted"] == f["plain_drifted"] and f["decided_by"] == "threshold"
         assert len(api["drifted_features"]) == theirs["count"]
         assert api["drift_share"] == pytest.approx(theirs["share"])

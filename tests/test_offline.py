@@ -152,14 +152,23 @@ def test_table_and_json_equal_evidently_report(tmp_path: Path, capsys: pytest.Ca
     args += ["--prediction-column", "prediction"] if is_traffic else ["--categorical", "code"]
     if drift_share is not None:
         args += ["--drift-share", str(drift_share)]
-    rc, out, _ = cli(capsys, *args, "--format", "json")
+    rc, out, _ = cli(capsys, *args, "--calibration", "off", "--format", "json")
     assert rc == 0
     ours = json.loads(out)
-    rc, table, _ = cli(capsys, *args)
+    rc, table, _ = cli(capsys, *args, "--calibration", "off")
     assert rc == 0
     theirs = evidently_table(reference, current, numerical, categorical,
                              **({} if drift_share is None else {"drift_share": drift_share}))
     assert_same_as_evidently(ours, table, theirs)
+    assert ours["calibration"] == "off" and all(f["decided_by"] == "threshold" for f in ours["features"])
+    # calibrated: the same scores and Evidently's verdicts beside driftline's, each limit shown
+    rc, out, _ = cli(capsys, *args, "--format", "json")
+    calibrated = json.loads(out)
+    assert rc == 0 and calibrated["calibration"] == "on"
+    for plain, f in zip(ours["features"], calibrated["features"], strict=True):
+        assert (f["score"], f["plain_drifted"]) == (plain["score"], plain["drifted"])
+        assert f["calibrated"] and f["noise_floor"] is not None and f["noise_floor"] > 0
+        assert f["drifted"] == (f["plain_drifted"] and _beyond_limits(f))
     assert ours["rows"] == len(current) and ours["reference"]["rows"] == len(reference)
     assert ours["reference_hash"].startswith("sha256:")
     for f in ours["features"]:
@@ -174,6 +183,14 @@ def test_table_and_json_equal_evidently_report(tmp_path: Path, capsys: pytest.Ca
         assert "prediction" not in theirs["columns"]
     else:
         assert ours["prediction"] is None
+
+
+def _beyond_limits(f: dict[str, Any]) -> bool:
+    """The calibrated verdict's extra conditions, from the reported limits alone."""
+    if f["effect_size_measure"]:  # a p-value method: its effect size against both floors
+        assert f["effect_size"] is not None and f["effect_size_floor"] is not None
+        return bool(f["effect_size"] >= max(f["effect_size_floor"], f["noise_floor"]))
+    return bool(f["score"] >= f["noise_floor"])  # a distance (all here drift at score >= limit)
 
 
 @pytest.mark.parametrize(("options", "preset"), [
@@ -193,7 +210,7 @@ def test_method_and_threshold_options_take_effect_as_in_evidently(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], preset: dict[str, Any]) -> None:
     reference, current = traffic(3_000, 1_000, ("age", "region", "income"), 7)
     ref, cur = write(reference, tmp_path / "ref.parquet"), write(current, tmp_path / "cur.parquet")
-    args = ["--reference", ref, "--current", cur, "--exclude", "prediction", *options]
+    args = ["--reference", ref, "--current", cur, "--exclude", "prediction", "--calibration", "off", *options]
     rc, out, _ = cli(capsys, *args, "--format", "json")
     assert rc == 0
     ours = json.loads(out)
@@ -291,10 +308,12 @@ def test_fail_on_drift_exits_3_on_drift_and_0_when_stable(pipeline_files: dict[s
     calm = run_driftline("--reference", train, "--current", stable, "--fail-on-drift", "--quiet")
     assert calm.returncode == 0, calm.stderr
     assert calm.stderr == ""
-    assert re.search(r"^feature +type +method +threshold +score +drifted +values +missing$", calm.stdout, re.M)
+    assert re.search(r"^feature +type +method +threshold +score +effect_size +effect_floor +noise_floor +decided_by "
+                     r"+drifted +values +missing +quality$", calm.stdout, re.M)
+    assert "calibration on: a feature drifts beyond its threshold and the noise floor" in calm.stdout
     assert "dataset drift: no, 0 of 13 features drifted" in calm.stdout
 
-    reported = run_driftline("--reference", train, "--current", shifted, "--quiet")  # drift, but no gate
+    reported = run_driftline("--reference", train, "--current", shifted, "--quiet", "--calibration", "off")  # no gate
     assert reported.returncode == 0
     assert "dataset drift: YES" in reported.stdout
 
@@ -334,6 +353,7 @@ def test_errors_exit_1_naming_the_option_from_the_real_command(pipeline_files: d
     (["--prediction-column", "score"], "--prediction-column: no column 'score' in --reference"),
     (["--numerical", "region", "--categorical", "region"], "--numerical/--categorical: region given as both"),
     (["--format", "yaml"], "--format: expected table or json, got 'yaml'"),
+    (["--calibration", "maybe"], "--calibration: expected on or off, got 'maybe'"),
 ])
 def test_bad_inputs_exit_1_with_a_message_naming_the_option(
         pipeline_files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

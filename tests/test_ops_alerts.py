@@ -33,8 +33,17 @@ REQUIRED_ALERTS = {  # issue 5: what must be alerted on
     "stale evaluation": "DriftlineEvaluationStale",
     "failing webhook deliveries": "DriftlineWebhookDeliveriesFailing",
     "driftline down": "DriftlineDown",
+    # issue 13: broken data named as such
+    "unseen categories": "DriftlineUnseenCategories",
+    "missing values far above training": "DriftlineMissingValuesIncreased",
+    "values out of the training range": "DriftlineValuesOutOfRange",
+    "type or schema changes": "DriftlineFeatureTypeErrors",
 }
-DRIFT_ALERTS = {"DriftlineDatasetDriftPersistent", "DriftlineFeatureDriftPersistent", "DriftlineFeatureMissing"}
+QUALITY_ALERTS = {"DriftlineUnseenCategories", "DriftlineMissingValuesIncreased", "DriftlineValuesOutOfRange",
+                  "DriftlineFeatureTypeErrors"}
+DRIFT_ALERTS = {"DriftlineDatasetDriftPersistent", "DriftlineFeatureDriftPersistent", "DriftlineFeatureMissing",
+                "DriftlineUnseenCategories", "DriftlineMissingValuesIncreased", "DriftlineValuesOutOfRange",
+                "DriftlineFeatureTypeErrors"}
 
 
 def promtool(*args: str, cwd: Path = PROM_DIR) -> subprocess.CompletedProcess[str]:
@@ -122,7 +131,7 @@ def test_each_alert_is_actionable(rule: dict[str, Any]) -> None:
         assert duration_seconds(rule["for"]) >= 600
     if rule["alert"] != "DriftlineDown":
         assert "$labels.monitor" in ann["summary"] and "$labels.monitor" in ann["description"]
-    if rule["alert"] in ("DriftlineFeatureDriftPersistent", "DriftlineFeatureMissing"):
+    if rule["alert"] in ("DriftlineFeatureDriftPersistent", "DriftlineFeatureMissing", *QUALITY_ALERTS):
         assert "$labels.feature" in ann["summary"] and "$labels.feature" in ann["description"]
     if rule["alert"] == "DriftlineDatasetDriftPersistent":  # it names the drifted features
         assert ".Labels.feature" in ann["summary"] and ".Labels.feature" in ann["description"]
@@ -140,7 +149,7 @@ def test_pipeline_alerts_do_not_split_by_horizon() -> None:
     and missing-feature alerts aggregate the horizons away, so they fire once per monitor
     (per feature) and never for a long horizon that is merely slow."""
     rules = {r["alert"]: r for r in alert_rules()}
-    for name in ("DriftlineEvaluationStale", "DriftlineFeatureMissing"):
+    for name in ("DriftlineEvaluationStale", "DriftlineFeatureMissing", *QUALITY_ALERTS):
         assert "max by (job, instance, monitor" in rules[name]["expr"], name
         assert "horizon" not in rules[name]["annotations"]["summary"], name
 

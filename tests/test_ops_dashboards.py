@@ -105,7 +105,13 @@ def test_overview_shows_what_the_issue_asks() -> None:
 
 
 HORIZON_METRICS = ("driftline_feature_drift_score", "driftline_feature_drift_detected",
-                   "driftline_feature_missing_ratio", "driftline_prediction_drift_score",
+                   "driftline_feature_missing_ratio", "driftline_feature_effect_size",
+                   "driftline_feature_practical_threshold", "driftline_feature_noise_floor",
+                   "driftline_feature_plain_drift_detected", "driftline_feature_reference_missing_ratio",
+                   "driftline_feature_out_of_range_ratio", "driftline_feature_unseen_category_ratio",
+                   "driftline_feature_type_error_ratio", "driftline_feature_unseen_category_detected",
+                   "driftline_feature_missing_increase_detected", "driftline_feature_out_of_range_detected",
+                   "driftline_feature_type_errors_detected", "driftline_prediction_drift_score",
                    "driftline_prediction_drift_detected", "driftline_dataset_drift_share",
                    "driftline_dataset_drift_detected", "driftline_window_events",
                    "driftline_window_insufficient_data", "driftline_last_evaluation_timestamp_seconds")
@@ -141,6 +147,13 @@ def test_monitor_view_shows_what_the_issue_asks() -> None:
     timelines = [p for p in by_metric["driftline_feature_drift_detected"] if p["type"] in ("state-timeline", "heatmap")]
     assert timelines and all('feature=~"$feature"' in p["targets"][0]["expr"] for p in timelines)
     assert any(p["type"] == "timeseries" for p in by_metric["driftline_feature_drift_score"])
+    # calibration and data quality: the limits beside the effect, Evidently's own verdict, each check
+    for metric in ("driftline_feature_noise_floor", "driftline_feature_practical_threshold",
+                   "driftline_feature_effect_size", "driftline_feature_plain_drift_detected",
+                   "driftline_feature_unseen_category_ratio", "driftline_feature_out_of_range_ratio",
+                   "driftline_feature_reference_missing_ratio", "driftline_feature_type_error_ratio",
+                   "driftline_feature_unseen_category_detected", "driftline_feature_type_errors_detected"):
+        assert any('feature=~"$feature"' in t["expr"] for p in by_metric[metric] for t in p["targets"]), metric
     for metric in ("driftline_feature_missing_ratio", "driftline_events_invalid_total",
                    "driftline_retrain_triggers_total", "driftline_webhook_deliveries_total",
                    "driftline_evaluation_duration_seconds_bucket", "driftline_prediction_drift_score"):

@@ -393,8 +393,11 @@ def test_alert_rules_evaluate_on_the_live_series(live: Live) -> None:
     active = {(a["labels"]["alertname"], a["labels"].get("feature"), a["labels"].get("horizon")) for a in alerts}
     # Drift that has lasted seconds is pending (for: 15m), never firing, once per horizon; nothing
     # else is wrong (in particular no freshness alert from the 30 s horizon evaluating less often).
-    assert active == {*(("DriftlineDatasetDriftPersistent", None, h) for h in HORIZONS),
-                      *(("DriftlineFeatureDriftPersistent", f, h) for f in DEFAULT_SHIFT for h in HORIZONS)}, active
+    # The shifted debt_to_income lands beyond the training range 0.4% of the time: a window may
+    # show it as out of range (a true statement), nothing else.
+    drift = {*(("DriftlineDatasetDriftPersistent", None, h) for h in HORIZONS),
+             *(("DriftlineFeatureDriftPersistent", f, h) for f in DEFAULT_SHIFT for h in HORIZONS)}
+    assert drift <= active and active - drift <= {("DriftlineValuesOutOfRange", "debt_to_income", None)}, active
     assert {a["state"] for a in alerts} == {"pending"}
     for a in alerts:
         assert a["labels"]["monitor"] == MONITOR and a["labels"]["job"] == "driftline"

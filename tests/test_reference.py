@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
 import subprocess
 import sys
 import zipfile
@@ -115,4 +118,75 @@ def test_cli_builds_a_profile_and_shows_progress(tmp_path: Path, frame: pd.DataF
     assert res.returncode == 0, res.stderr
     assert "read 600,000 of 600,000 rows (100%)" in res.stderr and "read 250,000 of 600,000" in res.stderr
     assert "zip" in res.stdout and "categorical" in res.stdout
-    assert load_profile(tmp_path / "r.dlref").columns["zip"].kind is ColumnKind.CATEGORICAL
+    assert "noise floors: 5 of 5 columns" in res.stderr
+    loaded = load_profile(tmp_path / "r.dlref")
+    assert loaded.columns["zip"].kind is ColumnKind.CATEGORICAL and loaded.calibration_note is None
+
+
+def _entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _write(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    return path
+
+
+def test_noise_floors_are_built_from_the_data_alone_and_kept_in_the_profile(tmp_path: Path,
+                                                                            frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.sample(frac=1, random_state=3).to_parquet(tmp_path / "shuffled.parquet", index=False)
+    built = build_profile(tmp_path / "t.parquet")
+    again = build_profile(tmp_path / "shuffled.parquet")  # the same rows in another order
+    save_profile(built, tmp_path / "r.dlref")
+    loaded = load_profile(tmp_path / "r.dlref")
+    assert built.calibration_note is None and loaded.calibration_note is None
+    for name, col in built.columns.items():
+        assert col.noise is not None
+        for other in (again, loaded):
+            assert other.columns[name].noise == col.noise, name
+    numerical, categorical = built.columns["amount"].noise, built.columns["segment"].noise
+    assert numerical is not None and categorical is not None
+    assert {"wasserstein", "ks_statistic", "jensenshannon", "cohens_d"} <= numerical.measures()
+    assert {"jensenshannon", "cohens_w", "cohens_h", "tv_distance"} <= categorical.measures()
+    # larger windows need smaller differences: the floor shrinks with the window's size
+    floors = [numerical.floor("wasserstein", n, 4_500, 0.00025) for n in (100, 300, 1_000, 3_000)]
+    assert all(a > b > 0 for a, b in itertools.pairwise(floors)), floors
+
+
+def test_a_format_1_profile_loads_with_calibration_unavailable_and_says_so(
+        tmp_path: Path, frame: pd.DataFrame, caplog: pytest.LogCaptureFixture) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    save_profile(build_profile(tmp_path / "t.parquet", calibrate=False), tmp_path / "v2.dlref")
+    entries = _entries(tmp_path / "v2.dlref")
+    header = json.loads(entries["header.json"])
+    assert header["format_version"] == 2 and "noise_sha256" not in header and "noise.json" not in entries
+    header["format_version"] = 1
+    entries["header.json"] = json.dumps(header).encode()
+    with caplog.at_level(logging.WARNING):
+        old = load_profile(_write(tmp_path / "v1.dlref", entries))
+    assert old.calibration_note and "format 1" in old.calibration_note and "rebuild" in old.calibration_note
+    assert any("rebuild" in r.getMessage() for r in caplog.records)
+    assert all(c.noise is None for c in old.columns.values())
+    assert load_profile(tmp_path / "v2.dlref").calibration_note == "the profile was built without its noise floors"
+    header["format_version"] = 7
+    entries["header.json"] = json.dumps(header).encode()
+    with pytest.raises(ReferenceError, match="format version 7 is not supported"):
+        load_profile(_write(tmp_path / "v7.dlref", entries))
+
+
+def test_tampered_noise_floors_are_refused(tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    save_profile(build_profile(tmp_path / "t.parquet"), tmp_path / "r.dlref")
+    entries = _entries(tmp_path / "r.dlref")
+    noise = json.loads(entries["noise.json"])
+    noise["amount"]["fits"]["wasserstein"][0][0] *= 10  # a floor ten times higher
+    entries["noise.json"] = json.dumps(noise).encode()
+    with pytest.raises(ReferenceError, match="noise floors hash mismatch"):
+        load_profile(_write(tmp_path / "bad.dlref", entries))
+    del entries["noise.json"]
+    with pytest.raises(ReferenceError, match="noise floors missing"):
+        load_profile(_write(tmp_path / "gone.dlref", entries))

@@ -18,6 +18,7 @@ import pytest
 from driftline.service.config import RetrainSettings, decode_webhook_secret
 from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import FeatureDrift, WindowResult, WindowStatus
+from driftline.service.quality import FeatureQuality
 from driftline.service.store import OutboxMessage, Store
 from driftline.service.trigger import EVENT_TYPE, RetrainTrigger
 from driftline.service.webhooks import Dispatcher, Endpoint
@@ -225,13 +226,17 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     trigger = RetrainTrigger(MONITOR, retrain(2), store, clock)
     w = Windows()
     assert trigger.observe(w.next(True, model_versions={"v6": 10, "v7": 990})) is None
-    features = (feature("income", True, 0.31, "wasserstein", 0.1),
+    unseen = FeatureQuality(0.0, 0.0, None, 0.031, 0.0, 1, (("crypto", 62),), 0, 0.0, ("unseen_category",))
+    features = (replace(feature("income", True, 0.31, "wasserstein", 0.1), calibrated=True, noise_floor=0.13,
+                        decided_by="noise_floor"),
                 feature("age", False, 0.02, "wasserstein", 0.1),
-                feature("region", True, 0.0004, "chisquare", 0.05, ColumnKind.CATEGORICAL),
+                replace(feature("region", True, 0.0004, "chisquare", 0.05, ColumnKind.CATEGORICAL),
+                        calibrated=True, noise_floor=0.08, effect_size=0.21, effect_size_measure="cohens_w",
+                        effect_size_floor=0.1, decided_by="noise_floor", quality=unseen),
                 feature("tenure", False, None, None, None))  # no value of it in the window
     prediction = feature("prediction", True, 0.12, "psi", 0.1)
-    last = w.next(True, features=features, prediction=prediction, model_versions={"v7": 980, "v8": 1020},
-                  events=2000, reference_hash="sha256:" + "cd" * 32)
+    last = replace(w.next(True, features=features, prediction=prediction, model_versions={"v7": 980, "v8": 1020},
+                          events=2000, reference_hash="sha256:" + "cd" * 32), calibration="on")
     assert trigger.observe(last) == "requested"
 
     [msg] = outbox(store)
@@ -244,13 +249,25 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     assert "2 consecutive windows" in data["reason"]
     assert data["window"]["events"] == 2000
     assert (epoch(data["window"]["start"]), epoch(data["window"]["end"])) == (last.window_start, last.window_end)
+    no_effect = {"effect_size": None, "effect_size_measure": None, "effect_size_floor": None}
     assert data["drifted_features"] == [
-        {"feature": "income", "method": "wasserstein", "score": 0.31, "threshold": 0.1},
-        {"feature": "region", "method": "chisquare", "score": 0.0004, "threshold": 0.05},
+        {"feature": "income", "method": "wasserstein", "score": 0.31, "threshold": 0.1, "noise_floor": 0.13,
+         **no_effect, "decided_by": "noise_floor", "calibrated": True},
+        {"feature": "region", "method": "chisquare", "score": 0.0004, "threshold": 0.05, "noise_floor": 0.08,
+         "effect_size": 0.21, "effect_size_measure": "cohens_w", "effect_size_floor": 0.1,
+         "decided_by": "noise_floor", "calibrated": True},
     ]
     assert data["dataset_drift_share"] == pytest.approx(2 / 3)
     assert data["drift_share_threshold"] == 0.5
-    assert data["prediction_drift"] == {"method": "psi", "score": 0.12, "threshold": 0.1, "drifted": True}
+    assert data["calibration"] == "on"
+    assert data["prediction_drift"] == {"method": "psi", "score": 0.12, "threshold": 0.1, "noise_floor": None,
+                                        **no_effect, "decided_by": None, "calibrated": False, "drifted": True}
+    # broken data is named, with the only raw values driftline ever sends: capped unseen category labels
+    assert data["data_quality_issues"] == [
+        {"feature": "region", "issues": ["unseen_category"], "missing_ratio": 0.0, "reference_missing_ratio": 0.0,
+         "out_of_range_ratio": None, "unseen_category_ratio": 0.031, "expected_unseen_ratio": 0.0,
+         "unseen_categories": 1, "unseen_labels": [{"label": "crypto", "count": 62}], "type_errors": 0,
+         "type_error_ratio": 0.0}]
     assert data["reference"] == {"content_hash": "sha256:" + "cd" * 32}
     assert data["model_version"] == "v8"
 

@@ -17,12 +17,13 @@ returned instead.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special, stats
 from scipy.stats import _stats_py
 
-from .base import ColumnKind, ColumnSample, DriftMethod, Verdict, ranks_in
+from .base import ColumnKind, ColumnSample, DriftMethod, Verdict, ranks_in, register_preparation
 
 # scipy's ks_2samp(method="auto") is exact while both samples have at most this many values.
 _KS_MAX_EXACT_N = 10000
@@ -77,24 +78,77 @@ def wasserstein_norm(ref: ColumnSample, cur: ColumnSample) -> float:
     return wasserstein_distance(ref, cur) / norm
 
 
-def _prefix_sums(ref: ColumnSample) -> tuple[float, np.ndarray, np.ndarray]:
-    """(center, hi, lo): prefix sums of the sorted reference minus its median, as a
-    double-double pair (hi + lo), summed once in long double.
+# Prefix sums of the sorted reference are kept at every other value only, as a double-double
+# (hi in float64, lo in float32: the low part only needs a few digits): 6 bytes per reference
+# value. A sum up to an odd index adds the one value after its block's start.
+_BLOCK = 2
 
-    A difference of two prefix sums then carries an error relative to the difference
+
+@register_preparation
+def _prepare(ref: ColumnSample) -> None:
+    if ref.kind is ColumnKind.NUMERICAL and ref.n:
+        _prefix_blocks(ref)
+
+
+def _prefix_blocks(ref: ColumnSample) -> tuple[float, np.ndarray, np.ndarray]:
+    """(center, hi, lo): the sums of the sorted reference minus its median over its first
+    0, 2, 4, … values, as a double-double pair (hi + lo), summed in long double.
+
+    A difference of two such sums then carries an error relative to the difference
     itself, not to the whole column's sum: that is what keeps the distance within 1e-9
     of scipy's while the window side works in plain float64."""
     cache = ref.cache()
-    if "prefix_sums" not in cache:
+    if "prefix_blocks" not in cache:
         r = ref.sorted
         center = float(r[r.size // 2])
-        exact = np.zeros(r.size + 1, dtype=np.longdouble)
-        np.cumsum(r.astype(np.longdouble) - np.longdouble(center), out=exact[1:])
+        blocks = -(-r.size // _BLOCK)
+        padded = np.full(blocks * _BLOCK, center, dtype=np.longdouble)
+        padded[:r.size] = r
+        exact = np.zeros(blocks + 1, dtype=np.longdouble)
+        np.cumsum((padded - np.longdouble(center)).reshape(blocks, _BLOCK).sum(axis=1), out=exact[1:])
         hi = exact.astype(np.float64)
-        lo = (exact - hi.astype(np.longdouble)).astype(np.float64)
-        cache["prefix_sums"] = (center, hi, lo)
-    center, hi, lo = cache["prefix_sums"]  # type: ignore[misc]
+        residual = exact - hi.astype(np.longdouble)
+        # float32 keeps the residual to 7 digits, plenty beside hi, unless it would overflow
+        small = bool(np.all(np.abs(residual) < 1e30))
+        lo = residual.astype(np.float32 if small else np.float64)
+        cache["prefix_blocks"] = (center, hi, lo)
+    center, hi, lo = cache["prefix_blocks"]  # type: ignore[misc]
     return float(center), hi, lo
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Sums of (reference value - center) over the first k sorted reference values, for many k:
+    the block's double-double sum (hi + lo) plus the value after the block's start (tail)."""
+
+    k: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    tail: np.ndarray
+
+    @classmethod
+    def at(cls, r: np.ndarray, center: float, hi: np.ndarray, lo: np.ndarray, k: np.ndarray) -> _Sums:
+        tail = r[k - 1] - center  # k = 0 reads r[-1], and an even k adds nothing: zeroed here
+        tail *= k & 1
+        return cls(k, hi[k >> 1], lo[k >> 1], tail)
+
+    def __getitem__(self, cut: slice) -> _Sums:
+        return _Sums(self.k[cut], self.hi[cut], self.lo[cut], self.tail[cut])
+
+    def since(self, other: _Sums, p: np.ndarray, center: float) -> np.ndarray:
+        """Sum of (r_i - p) over the reference ranks [other.k, self.k)."""
+        return ((self.hi - other.hi) + (self.lo - other.lo) + (self.tail - other.tail)
+                - (self.k - other.k) * (p - center))
+
+
+def _run_ends(r: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """`searchsorted(r, r[positions], "right")`: the end of each position's run of equal values
+    (most values are untied, so only the tied ones are searched)."""
+    ends = positions + 1
+    tied = (ends < r.size) & (r[np.minimum(ends, r.size - 1)] == r[positions])
+    if tied.any():
+        ends[tied] = np.searchsorted(r, r[positions[tied]], side="right")
+    return ends
 
 
 def wasserstein_distance(ref: ColumnSample, cur: ColumnSample) -> float:
@@ -113,7 +167,7 @@ def wasserstein_distance(ref: ColumnSample, cur: ColumnSample) -> float:
     w = cur.uniques
     cum = np.cumsum(cur.unique_counts)  # window values <= each distinct value
     m = int(cum[-1])
-    center, hi, lo = _prefix_sums(ref)
+    center, hi, lo = _prefix_blocks(ref)
     low_end, high_end = min(r[0], w[0]), max(r[-1], w[-1])
     edges = np.concatenate(([low_end], w, [high_end]))
     k_edges = np.concatenate(([np.searchsorted(r, low_end, side="right")], ranks_in(ref, cur),
@@ -121,20 +175,18 @@ def wasserstein_distance(ref: ColumnSample, cur: ColumnSample) -> float:
     j = np.concatenate(([0], cum))  # the window CDF on [edges[i], edges[i+1]) is j[i] / m
     k_cross = -(-j * n // m)  # ceil(j * n / m): first reference index where F_ref >= c
     crossing = r[np.maximum(k_cross - 1, 0)]
-    a, b, k_a, k_b = edges[:-1], edges[1:], k_edges[:-1], k_edges[1:]
+    a, b = edges[:-1], edges[1:]
     # x' = the crossing clipped to [a, b]; its rank is the clip's, or the end of its run of ties
     below = (k_cross == 0) | (crossing < a)
     above = ~below & (crossing > b)
     x = np.where(below, a, np.where(above, b, crossing))
-    k_x = np.where(below, k_a, np.where(above, k_b, ref.run_ends[np.maximum(k_cross - 1, 0)]))
-
-    def spread(p: np.ndarray, k_p: np.ndarray, k_q: np.ndarray) -> np.ndarray:
-        """Sum of (r_i - p) over the reference values with rank in [k_p, k_q)."""
-        return (hi[k_q] - hi[k_p]) + (lo[k_q] - lo[k_p]) - (k_q - k_p) * (p - center)
-
+    k_x = np.where(below, k_edges[:-1], np.where(above, k_edges[1:], _run_ends(r, np.maximum(k_cross - 1, 0))))
+    at_edges = _Sums.at(r, center, hi, lo, k_edges)
+    at_a, at_b, at_x = at_edges[:-1], at_edges[1:], _Sums.at(r, center, hi, lo, k_x)
+    k_b = at_b.k
     # integer numerators: (k/n - j/m) * n * m is exact
-    upper = ((k_b * m - j * n) * (b - x) / m - spread(x, k_x, k_b)) / n
-    lower = ((j * n - k_x * m) * (x - a) / m + spread(a, k_a, k_x)) / n
+    upper = ((k_b * m - j * n) * (b - x) / m - at_b.since(at_x, x, center)) / n
+    lower = ((j * n - k_x * m) * (x - a) / m + at_x.since(at_a, a, center)) / n
     pieces = upper + lower
     return float(pieces.sum())
 
@@ -299,11 +351,13 @@ def cramer_von_mises(ref: ColumnSample, cur: ColumnSample) -> float:
 NUMERICAL = frozenset({ColumnKind.NUMERICAL})
 
 METHODS = (
-    DriftMethod("ks", "K-S p_value", NUMERICAL, 0.05, Verdict.P_VALUE_LE, ks),
+    DriftMethod("ks", "K-S p_value", NUMERICAL, 0.05, Verdict.P_VALUE_LE, ks,
+                effect="ks_statistic"),
     DriftMethod("wasserstein", "Wasserstein distance (normed)", NUMERICAL, 0.1, Verdict.DISTANCE_GE,
                 wasserstein_norm),
     DriftMethod("ed", "Energy-distance", NUMERICAL, 0.1, Verdict.DISTANCE_GT, energy_distance),
-    DriftMethod("anderson", "Anderson-Darling", NUMERICAL, 0.1, Verdict.P_VALUE_LT, anderson),
+    DriftMethod("anderson", "Anderson-Darling", NUMERICAL, 0.1, Verdict.P_VALUE_LT, anderson,
+                effect="ks_statistic"),
     DriftMethod("cramer_von_mises", "Cramer-von Mises", NUMERICAL, 0.1, Verdict.P_VALUE_LE,
-                cramer_von_mises),
+                cramer_von_mises, effect="ks_statistic"),
 )

@@ -159,9 +159,11 @@ CATEGORICAL = frozenset({ColumnKind.CATEGORICAL})
 METHODS = (
     # Evidently registers chisquare and z for categorical columns only, yet picks them by
     # default for numerical columns with few values; driftline accepts both kinds too.
-    DriftMethod("chisquare", "chi-square p_value", BOTH, 0.05, Verdict.P_VALUE_LT, chisquare),
-    DriftMethod("z", "Z-test p_value", BOTH, 0.05, Verdict.P_VALUE_LT, z_test),
-    DriftMethod("g_test", "g_test", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, g_test),
-    DriftMethod("fisher_exact", "Fisher's Exact test", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, fisher_exact),
-    DriftMethod("TVD", "Total-Variation-Distance", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, tvd),
+    DriftMethod("chisquare", "chi-square p_value", BOTH, 0.05, Verdict.P_VALUE_LT, chisquare,
+                effect="cohens_w"),
+    DriftMethod("z", "Z-test p_value", BOTH, 0.05, Verdict.P_VALUE_LT, z_test, effect="cohens_h"),
+    DriftMethod("g_test", "g_test", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, g_test, effect="cohens_w"),
+    DriftMethod("fisher_exact", "Fisher's Exact test", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, fisher_exact,
+                effect="cohens_h"),
+    DriftMethod("TVD", "Total-Variation-Distance", CATEGORICAL, 0.1, Verdict.P_VALUE_LT, tvd, effect="tv_distance"),
 )

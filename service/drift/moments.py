@@ -30,20 +30,33 @@ from typing import cast
 import numpy as np
 from scipy import special, stats
 
-from .base import ColumnKind, ColumnSample, DriftMethod, Verdict
+from .base import ColumnKind, ColumnSample, DriftMethod, Verdict, register_preparation
 
 # scipy's mannwhitneyu(method="auto") is exact when a side has at most this many values
 # and no value is tied; otherwise it uses the tie-corrected normal approximation.
 _MWU_MAX_EXACT_N = 8
 
 
-def _ties(ref: ColumnSample, cur: ColumnSample) -> tuple[float, bool]:
-    """(sum of t**3 - t over the tie counts t of the pooled sample, whether any t > 1)."""
+@register_preparation
+def _prepare(ref: ColumnSample) -> None:
+    if ref.kind is ColumnKind.NUMERICAL and ref.n:
+        _ref_ties(ref)
+        if ref.n >= 2:
+            _median_sigma(ref, mmd_subsample(ref.values).reshape(-1, 1))
+
+
+def _ref_ties(ref: ColumnSample) -> float:
+    """The reference's own part of the tie term (cached)."""
     cache = ref.cache()
     if "mannw_ties" not in cache:
         t = ref.unique_counts.astype(np.float64)
         cache["mannw_ties"] = float(np.sum(t**3 - t))
-    ref_term = cast(float, cache["mannw_ties"])
+    return cast(float, cache["mannw_ties"])
+
+
+def _ties(ref: ColumnSample, cur: ColumnSample) -> tuple[float, bool]:
+    """(sum of t**3 - t over the tie counts t of the pooled sample, whether any t > 1)."""
+    ref_term = _ref_ties(ref)
     b = cur.unique_counts.astype(np.float64)
     a = (np.searchsorted(ref.sorted, cur.uniques, "right")
          - np.searchsorted(ref.sorted, cur.uniques, "left")).astype(np.float64)
@@ -201,8 +214,11 @@ def empirical_mmd(ref: ColumnSample, cur: ColumnSample) -> float:
 NUMERICAL = frozenset({ColumnKind.NUMERICAL})
 
 METHODS = (
-    DriftMethod("mannw", "Mann-Whitney U-rank test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, mannw),
-    DriftMethod("t_test", "t_test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, t_test),
-    DriftMethod("es", "Epps-Singleton", NUMERICAL, 0.05, Verdict.P_VALUE_LT, epps_singleton),
-    DriftMethod("empirical_mmd", "empirical_mmd", NUMERICAL, 0.1, Verdict.P_VALUE_LT, empirical_mmd),
+    DriftMethod("mannw", "Mann-Whitney U-rank test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, mannw,
+                effect="rank_biserial"),
+    DriftMethod("t_test", "t_test", NUMERICAL, 0.05, Verdict.P_VALUE_LT, t_test, effect="cohens_d"),
+    DriftMethod("es", "Epps-Singleton", NUMERICAL, 0.05, Verdict.P_VALUE_LT, epps_singleton,
+                effect="ks_statistic"),
+    DriftMethod("empirical_mmd", "empirical_mmd", NUMERICAL, 0.1, Verdict.P_VALUE_LT, empirical_mmd,
+                effect="ks_statistic"),
 )

@@ -35,7 +35,8 @@ def default_method(ref: ColumnSample, cur: ColumnSample) -> DriftMethod:
     chisquare or z the same way. Larger reference: jensenshannon for categorical columns
     and numerical ones with at most 5 values, wasserstein for other numerical columns.
     """
-    n_values = combined_nunique(ref, cur)
+    # the pooled distinct values are at least the reference's: count the window's only when it matters
+    n_values = ref.nunique if ref.nunique > _FEW_VALUES else combined_nunique(ref, cur)
     if ref.n <= _SMALL_REFERENCE_ROWS:
         if ref.kind is ColumnKind.NUMERICAL and n_values > _FEW_VALUES:
             return METHODS["ks"]
