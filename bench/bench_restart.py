@@ -166,9 +166,10 @@ def run_once(broker: LocalBroker, reference: Path, workdir: Path, per_bucket: in
         start, at = again.window("5m")
         if first_bucket is None and start >= t0 + (BUCKETS - 2) * BUCKET_S:
             first_bucket = at - again.started_at
-        start, at = again.window("1d")
-        if horizon and day is None and start >= t0:
-            day = at - again.started_at
+        if horizon and day is None:
+            start, at = again.window("1d")
+            if start >= t0:
+                day = at - again.started_at
         time.sleep(0.02)
     time.sleep(2.0)
     reread = again.consumed() - produced

@@ -17,7 +17,7 @@ from .config import Secrets, Settings, decode_webhook_secret
 from .http import ApiServer
 from .metrics import DriftlineMetrics
 from .monitor import Monitor
-from .store import Store
+from .store import Retention, Store
 from .trigger import RetrainTrigger
 from .webhooks import Dispatcher, Endpoint
 
@@ -128,7 +128,8 @@ class Service:
         disable_created_metrics()  # *_created series double every counter for no use on dashboards
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.metrics = DriftlineMetrics(self.registry)
-        self.store = Store(settings.service.state_path)
+        h = settings.service.history
+        self.store = Store(settings.service.state_path, Retention(h.windows, h.max_age, h.reports))
         self.monitors: list[Monitor] = []
         endpoints: dict[str, Endpoint] = {}
         for i, ms in enumerate(settings.monitors):

@@ -58,15 +58,28 @@ def _known_method(v: str | None) -> str | None:
     return v
 
 
+class HistorySettings(_Model):
+    """How much window history each monitor keeps in the state file."""
+
+    windows: int = Field(10_000, ge=1, description="evaluated windows kept per monitor (the oldest go first)")
+    max_age: PositiveSeconds | None = Field(30 * 86400.0, description="windows older than this are deleted")
+    reports: int = Field(10, ge=0, description="the latest windows whose sample is kept for their drill-down "
+                         "report (each up to the exactness budget per feature: 800 KB per numerical feature)")
+
+
 class ServiceSettings(_Model):
     """Process-wide settings."""
 
     listen: str = Field("127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz and the API")
     state_path: Path = Field(Path("driftline-state.sqlite"),
-                             description="SQLite store: checkpoints, window results, webhook outbox, cooldowns")
+                             description="SQLite store: windows in progress, window history, webhook outbox, cooldowns")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     api_token_env: EnvName | None = Field(
-        None, description="environment variable with the bearer token for state-changing endpoints")
+        None, description="environment variable with the bearer token for state-changing endpoints and reports")
+    public_url: str | None = Field(
+        None, pattern=r"^https?://", description="where operators reach this instance's API, for the report links "
+        "in webhooks and alerts (default: links are paths, /api/v1/…)")
+    history: HistorySettings = Field(default_factory=HistorySettings)
 
     @field_validator("listen")
     @classmethod

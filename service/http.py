@@ -5,6 +5,9 @@ GET  /healthz                                   200 while the process runs
 GET  /readyz                                    200 when every monitor has its reference and partitions
 GET  /api/v1/monitors                           every monitor's latest window, scores, verdicts
 GET  /api/v1/monitors/{name}                    one monitor
+GET  /api/v1/monitors/{name}/windows            its evaluated windows, newest first (?limit&before&horizon)
+GET  /api/v1/monitors/{name}/windows/{id}       one of them
+GET  /api/v1/monitors/{name}/windows/{id}/report  its drill-down report (bearer token, when one is set)
 POST /api/v1/monitors/{name}/reference/reload   bearer token required (service.api_token_env)
 """
 
@@ -16,11 +19,12 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from .evaluation import result_json
+from .evaluation import WindowResult, result_json
+from .history import report_link, result_id, window_json
 
 if TYPE_CHECKING:
     from .app import Service
@@ -29,8 +33,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("driftline.http")
 
 
-def monitor_json(m: Monitor) -> dict[str, Any]:
+def monitor_json(m: Monitor, base_url: str | None = None) -> dict[str, Any]:
+    def latest(r: WindowResult | None) -> dict[str, Any] | None:
+        out = result_json(r)
+        if r is not None and out is not None:
+            wid = result_id(r)
+            out = {"id": wid, **out, "report": report_link(base_url, m.name, wid) if m.history_reports else None}
+        return out
+
+    invalid = m.invalid.describe()
     return {"name": m.name, "ready": m.ready(), "role": m.role(), "topic": m.settings.kafka.topic,
+            "status": "standby" if m.role() == "standby" else "rejecting" if invalid["rejecting"] else "ok",
+            "invalid_events": invalid,
             "window": {"type": m.settings.window.type, "size": m.settings.window.size,
                        "min_events": m.settings.window.min_events},
             "reference": {"path": str(m.settings.reference.path), "content_hash": m.reference.content_hash},
@@ -38,10 +52,10 @@ def monitor_json(m: Monitor) -> dict[str, Any]:
             "consumer_lag": {str(p): lag for p, lag in m.consumer_lag().items()},
             # per partition: its event time, and whether it is idle (no longer holding windows back)
             "partitions": {str(p): d for p, d in m.windows.describe_partitions().items()},
-            "latest_window": result_json(m.latest_result()),
-            "latest_evaluated_window": result_json(m.latest_evaluated()),
-            "horizons": {h: {"latest_window": result_json(m.latest_result(h)),
-                             "latest_evaluated_window": result_json(m.latest_evaluated(h))} for h in m.horizons}}
+            "latest_window": latest(m.latest_result()),
+            "latest_evaluated_window": latest(m.latest_evaluated()),
+            "horizons": {h: {"latest_window": latest(m.latest_result(h)),
+                             "latest_evaluated_window": latest(m.latest_evaluated(h))} for h in m.horizons}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,8 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps(obj, indent=2, allow_nan=False).encode() + b"\n", headers=headers)
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/") or "/"
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
         service = self.server.service
+        base = service.settings.service.public_url
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
             self._send(200, encoder(service.registry), content_type)
@@ -77,11 +93,23 @@ class _Handler(BaseHTTPRequestHandler):
             ok, problems = service.ready()
             self._json(200 if ok else 503, {"ready": ok, "monitors": problems})
         elif path == "/api/v1/monitors":
-            self._json(200, {"monitors": [monitor_json(m) for m in service.monitors]})
+            self._json(200, {"monitors": [monitor_json(m, base) for m in service.monitors]})
         elif path.startswith("/api/v1/monitors/"):
-            m = self._monitor(path.split("/")[4])
-            if m is not None:
-                self._json(200, monitor_json(m))
+            parts = path.split("/")[4:]
+            m = self._monitor(parts[0])
+            if m is None:
+                return
+            if len(parts) == 1:
+                self._json(200, monitor_json(m, base))
+            elif parts[1:] == ["windows"]:
+                self._history(m, parse_qs(url.query))
+            elif len(parts) == 3 and parts[1] == "windows":
+                self._window(m, unquote(parts[2]))
+            elif len(parts) == 4 and parts[1] == "windows" and parts[3] == "report":
+                if self._authorized(required=False):
+                    self._report(m, unquote(parts[2]))
+            else:
+                self._json(404, {"error": "not found"})
         elif path == "/":
             self._json(200, {"service": "driftline", "endpoints": ["/metrics", "/healthz", "/readyz",
                                                                    "/api/v1/monitors"]})
@@ -108,6 +136,41 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found"})
 
+    def _history(self, m: Monitor, query: dict[str, list[str]]) -> None:
+        try:
+            limit = int(query.get("limit", ["50"])[-1])
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            self._json(400, {"error": "limit: expected a whole number from 1 to 1000"})
+            return
+        before = query.get("before", [None])[-1]
+        horizon = query.get("horizon", [None])[-1]
+        if horizon is not None and horizon not in m.horizons:
+            self._json(400, {"error": f"horizon: expected one of {', '.join(m.horizons)}"})
+            return
+        rows = self.server.service.store.history(m.name, limit, before, horizon)
+        if rows is None:
+            self._json(404, {"error": f"before: no window {before!r} in the history of {m.name}"})
+            return
+        base = self.server.service.settings.service.public_url
+        windows = [window_json(wid, res, has, m.name, base) for wid, res, has in rows]
+        nxt = {"next": f"/api/v1/monitors/{m.name}/windows?limit={limit}&before={windows[-1]['id']}"
+                       + (f"&horizon={horizon}" if horizon else "")} if len(windows) == limit else {}
+        self._json(200, {"windows": windows, **nxt})
+
+    def _window(self, m: Monitor, wid: str) -> None:
+        got = self.server.service.store.window(m.name, wid)
+        if got is None:
+            self._json(404, {"error": f"no window {wid!r} in the history of {m.name}"})
+            return
+        self._json(200, window_json(wid, got[0], got[1] is not None, m.name,
+                                    self.server.service.settings.service.public_url))
+
+    def _report(self, m: Monitor, wid: str) -> None:
+        status, body, content_type = self.server.service.reports.get(m, wid)
+        self._send(status, body, content_type)
+
     def _monitor(self, name: str) -> Monitor | None:
         name = unquote(name)
         for m in self.server.service.monitors:
@@ -116,9 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(404, {"error": f"no monitor named {name!r}"})
         return None
 
-    def _authorized(self) -> bool:
+    def _authorized(self, required: bool = True) -> bool:
+        """The bearer token; without one configured, state-changing endpoints are off (403) and
+        the others (`required=False`: reports) open."""
         token = self.server.token
         if token is None:
+            if not required:
+                return True
             self._json(403, {"error": "state-changing endpoints are disabled; set service.api_token_env"})
             return False
         given = self.headers.get("Authorization", "")

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .drift import Verdict, get_method
 from .evaluation import FeatureDrift, WindowResult, WindowStatus
 from .quality import FeatureQuality
 
@@ -83,6 +84,8 @@ class MonitorView(Protocol):
     def open_window_events(self) -> int: ...
     def reference_hash(self) -> str | None: ...
     def ready(self) -> bool: ...
+    def role(self) -> str: ...
+    def rejecting(self) -> bool: ...
 
 
 class MonitorCollector(Collector):
@@ -103,6 +106,8 @@ class MonitorCollector(Collector):
                 self._collect_horizon(g, m, horizon, m.latest_result(horizon))
             g["open_window_events"].add_metric([m.name], float(m.open_window_events()))
             g["monitor_ready"].add_metric([m.name], float(m.ready()))
+            g["monitor_active"].add_metric([m.name], float(m.role() == "active"))
+            g["monitor_rejecting"].add_metric([m.name], float(m.rejecting()))
             ref = m.reference_hash()
             if ref:
                 g["reference_info"].add_metric([m.name, ref], 1.0)
@@ -124,24 +129,36 @@ class MonitorCollector(Collector):
         by_feature: dict[str, FeatureDrift] = {f.feature: f for f in r.features} if r else {}
         for feat in m.feature_names:
             f = by_feature.get(feat)
-            method = (f.method if f and f.method else m.configured_method(feat))
+            # the configured method ("auto": Evidently's choice, which the API names): a label
+            # that changed with the method a window resolved to would make a new series
             score = f.score if f and f.score is not None and evaluated else math.nan
-            g["feature_drift_score"].add_metric([m.name, feat, method, horizon], score)
+            g["feature_drift_score"].add_metric([m.name, feat, m.configured_method(feat), horizon], score)
+            g["feature_drift_threshold"].add_metric([m.name, feat, horizon], _threshold(f) if evaluated else math.nan)
             g["feature_drift_detected"].add_metric([m.name, feat, horizon], float(bool(f and f.drifted)))
             g["feature_missing_ratio"].add_metric([m.name, feat, horizon], f.missing_ratio if f else 0.0)
             _collect_calibration(g, [m.name, feat, horizon], f if evaluated else None)
             _collect_quality(g, [m.name, feat, horizon], f.quality if f else None)
         if m.has_prediction:
             p = r.prediction if r is not None else None
-            method = p.method if p is not None and p.method else m.configured_prediction_method()
             g["prediction_drift_score"].add_metric(
-                [m.name, method, horizon], p.score if p is not None and p.score is not None and evaluated else math.nan)
+                [m.name, m.configured_prediction_method(), horizon],
+                p.score if p is not None and p.score is not None and evaluated else math.nan)
             g["prediction_drift_detected"].add_metric([m.name, horizon], float(bool(p and p.drifted)))
         g["dataset_drift_share"].add_metric([m.name, horizon], r.drift_share if evaluated and r else 0.0)
         g["dataset_drift_detected"].add_metric([m.name, horizon], float(bool(r and r.dataset_drift)))
         g["window_events"].add_metric([m.name, horizon], float(r.events) if r else 0.0)
         g["window_insufficient_data"].add_metric([m.name, horizon], float(bool(r and not evaluated)))
         g["last_evaluation_timestamp_seconds"].add_metric([m.name, horizon], r.evaluated_at if r else 0.0)
+
+
+def _threshold(f: FeatureDrift | None) -> float:
+    """The line the score is compared with: a p-value method's threshold (drift below it), a
+    distance's threshold or, with calibration on, the noise floor when that is higher."""
+    if f is None or f.method is None or f.threshold is None:
+        return math.nan
+    if get_method(f.method).verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT):
+        return f.threshold
+    return max(f.threshold, f.noise_floor) if f.calibrated and f.noise_floor is not None else f.threshold
 
 
 def _collect_calibration(g: dict[str, GaugeMetricFamily], labels: list[str], f: FeatureDrift | None) -> None:
@@ -176,6 +193,8 @@ _GAUGES = (
      "per the method)", ["monitor", "feature", "method", "horizon"]),
     ("feature_drift_detected", "1 if the feature drifted in the latest evaluated window",
      ["monitor", "feature", "horizon"]),
+    ("feature_drift_threshold", "The line the feature's score is compared with: a p-value method's threshold, a "
+     "distance's threshold or the noise floor when calibration puts it higher", _FEATURE),
     ("feature_missing_ratio", "Share of the latest window's events without the feature",
      ["monitor", "feature", "horizon"]),
     ("feature_plain_drift_detected", "1 if the feature drifted by Evidently's plain threshold alone (with "
@@ -212,7 +231,10 @@ _GAUGES = (
     ("open_window_events", "Events accounted for in windows not yet closed", ["monitor"]),
     ("last_evaluation_timestamp_seconds", "Unix time of the latest window evaluation (0: none yet)",
      ["monitor", "horizon"]),
-    ("monitor_ready", "1 if the reference is loaded and partitions are assigned", ["monitor"]),
+    ("monitor_ready", "1 if the reference is loaded and the broker answers (active or standby)", ["monitor"]),
+    ("monitor_active", "1 if this instance reads the monitor's topic, 0 while it stands by", ["monitor"]),
+    ("monitor_rejecting", "1 while every record read is invalid (the last 100 in a row, or all for a minute)",
+     ["monitor"]),
     ("reference_info", "The reference profile in use, by content hash", ["monitor", "reference_hash"]),
     ("consumer_lag_messages", "Messages between the consumer position and the end of the partition",
      ["monitor", "partition"]),

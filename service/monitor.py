@@ -22,9 +22,11 @@ from driftline.collectors.events import DecodedBatch, EventDecoder
 from driftline.collectors.kafka import Polled
 
 from .config import MonitorSettings
-from .drift import ColumnKind, get_method
+from .drift import ColumnKind, default_method, get_method
 from .evaluation import WindowResult, result_json
 from .evaluator import Evaluator
+from .history import result_id
+from .invalid import InvalidEvents
 from .metrics import EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .profile import WindowProfile
 from .reference import ReferenceError, ReferenceProfile, load_profile
@@ -132,6 +134,11 @@ class Monitor:
         self.source_ready: Callable[[], bool] = lambda: False
         self.source_lag: Callable[[], dict[int, int]] = dict
         self.source_role: Callable[[], str] = lambda: "joining"
+        self.history_reports = store.retention.samples if store is not None else 0
+        self.invalid = InvalidEvents(self.name, settings.kafka.topic, clock)
+        self._labels = {name: self._method_label(spec.method, name) for name, spec in settings.event.features.items()}
+        if pred is not None:
+            self._labels["prediction"] = self._method_label(pred.method, pred.column)
 
     # -- MonitorView (read at scrape time) ---------------------------------------------------
     def latest_result(self, horizon: str | None = None) -> WindowResult | None:
@@ -142,21 +149,23 @@ class Monitor:
         return self.evaluator.latest_evaluated(horizon)
 
     def configured_method(self, feature: str) -> str:
-        """The method the config names for a feature, or "auto" (Evidently's choice)."""
-        return self._configured(self.settings.event.features[feature].method, self._reference.columns[feature].kind)
+        """The `method` label of a feature's series: the method the config names, or the one
+        Evidently's choice gives for the reference, fixed at startup (a window may resolve the
+        choice otherwise, as a feature with at most 5 distinct values in the reference and more
+        in a window does: the result names the method used; the label stays)."""
+        return self._labels[feature]
 
     @property
     def has_prediction(self) -> bool:
         return self._prediction_kind is not None
 
     def configured_prediction_method(self) -> str:
-        pred = self.settings.event.prediction
-        assert pred is not None and self._prediction_kind is not None
-        return self._configured(pred.method, self._prediction_kind)
+        return self._labels["prediction"]
 
-    def _configured(self, own: str | None, kind: ColumnKind) -> str:
-        d = self.settings.drift
-        return own or d.method or (d.num_method if kind is ColumnKind.NUMERICAL else d.cat_method) or "auto"
+    def _method_label(self, own: str | None, column: str) -> str:
+        d, ref = self.settings.drift, self._reference.columns[column]
+        named = own or d.method or (d.num_method if ref.kind is ColumnKind.NUMERICAL else d.cat_method)
+        return named or default_method(ref.sample, ref.sample).name
 
     def consumer_lag(self) -> dict[int, int]:
         return self.source_lag()
@@ -177,6 +186,10 @@ class Monitor:
     def role(self) -> str:
         """active (reads the topic), standby (another instance does), or joining."""
         return self.source_role()
+
+    def rejecting(self) -> bool:
+        """Every record read lately was invalid (service/invalid.py)."""
+        return self.invalid.rejecting
 
     # -- ingest (consumer thread) ----------------------------------------------------------
     def consume(self, polled: Polled, before_add: Callable[[Polled, list[tuple[int, str, str]]], None] | None = None
@@ -201,9 +214,10 @@ class Monitor:
         if not fresh.all():
             keep = fresh[valid]
             batch = _without(batch, keep)
-        for i, reason, _ in batch.rejected:
-            if fresh[i]:
-                self._count_invalid(reason)
+        rejected = [r for r in batch.rejected if fresh[r[0]]]
+        for _, reason, _ in rejected:
+            self._count_invalid(reason)
+        self.invalid.note(rejected, lambda i: (int(partitions[i]), int(offsets[i])), batch.size)
         if before_add is not None:
             before_add(polled, batch.rejected)
         self._add(batch, Origin(partitions[valid & fresh], polled.next_offsets), int(np.count_nonzero(fresh)), now)
@@ -216,6 +230,7 @@ class Monitor:
         batch = self.decoder.decode_batch(values, timestamps_ms, now)
         for reason, n in batch.invalid.items():
             self._count_invalid(reason, n)
+        self.invalid.note(batch.rejected, lambda i: (partition, i), batch.size)
         self._add(batch, Origin(np.full(batch.size, partition, dtype=np.int64), {}), len(values), now)
         return batch.rejected
 
@@ -260,8 +275,8 @@ class Monitor:
         """The partitions are being revoked (a rebalance, or shutdown): evaluate what is
         due, checkpoint, and return the offsets to commit."""
         with self._checkpoint_lock:
-            results = self._evaluate()
-            offsets = self.state.release(_rows(results), self._extra())
+            results, rows = self._evaluate()
+            offsets = self.state.release(rows, self._extra())
         self.evaluator.publish(results)
         return offsets
 
@@ -281,13 +296,23 @@ class Monitor:
         """Close and evaluate the windows due, feed the trigger, and checkpoint with the
         results (or when one is due, or asked for)."""
         with self._checkpoint_lock:
-            results = self._evaluate()
-            self.state.save(_rows(results), self._extra(), force=checkpoint)
+            results, rows = self._evaluate()
+            self.state.save(rows, self._extra(), force=checkpoint)
         self.evaluator.publish(results)
         return results
 
-    def _evaluate(self) -> list[WindowResult]:
-        return self.evaluator.evaluate(self.windows.close_due())
+    def _evaluate(self) -> tuple[list[WindowResult], list[ResultRow]]:
+        """The results of the windows due, and their rows for the history: each with its id
+        and, for the latest ones (`service.history.reports`), the window's sample."""
+        self.invalid.flush()
+        closed = self.windows.close_due()
+        results = self.evaluator.evaluate(closed)
+        keep = self.history_reports
+        rows = [ResultRow(r.horizon, r.window_start, r.window_end, r.events, r.status.value, r.dataset_drift,
+                          r.drift_share, json.dumps(result_json(r), separators=(",", ":")), result_id(r),
+                          w.to_bytes() if i >= len(closed) - keep else None)
+                for i, (r, (_, w)) in enumerate(zip(results, closed, strict=True))]
+        return results, rows
 
     # -- reference reload -----------------------------------------------------------------------
     def reload_reference(self) -> tuple[bool, str]:
@@ -308,11 +333,6 @@ class Monitor:
             self._reference = new
             log.info("monitor %s: reference reloaded, now %s", self.name, new.content_hash)
         return changed, new.content_hash
-
-
-def _rows(results: list[WindowResult]) -> list[ResultRow]:
-    return [ResultRow(r.horizon, r.window_start, r.window_end, r.events, r.status.value, r.dataset_drift,
-                      r.drift_share, json.dumps(result_json(r), separators=(",", ":"))) for r in results]
 
 
 def _without(batch: DecodedBatch, keep: np.ndarray) -> DecodedBatch:

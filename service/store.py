@@ -68,14 +68,28 @@ CREATE TABLE IF NOT EXISTS window_results (
     recorded_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS window_results_by_monitor ON window_results (monitor, id);
+CREATE TABLE IF NOT EXISTS window_samples (
+    monitor TEXT NOT NULL,
+    window_id TEXT NOT NULL,
+    profile BLOB NOT NULL,  -- the window's WindowProfile.to_bytes(): what its report is drawn from
+    PRIMARY KEY (monitor, window_id)
+);
 CREATE TABLE IF NOT EXISTS store_info (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
 
-# window results kept per monitor (older ones are deleted as new ones come)
-RESULTS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much window history a monitor keeps: results by count and age, and the samples
+    (window profiles) of its most recent windows, from which their reports are drawn."""
+
+    windows: int = 10_000
+    max_age: float | None = 30 * 86400.0
+    samples: int = 10
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,8 @@ class ResultRow:
     dataset_drift: bool
     drift_share: float
     result: str
+    window_id: str = ""
+    sample: bytes | None = None  # the window's profile, kept for its report (Retention.samples)
 
 
 @dataclass(frozen=True)
@@ -104,8 +120,9 @@ log = logging.getLogger("driftline.store")
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, retention: Retention | None = None) -> None:
         self.path = str(path)
+        self.retention = retention or Retention()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             _private(self.path)
@@ -113,6 +130,10 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(window_results)")}
+        if "window_id" not in columns:  # a state file of an earlier driftline
+            self._db.execute("ALTER TABLE window_results ADD COLUMN window_id TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS window_results_by_id ON window_results (monitor, window_id)")
         self._lock = threading.Lock()
         self._db.execute("INSERT OR IGNORE INTO store_info (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
         self.store_id: str = self._db.execute("SELECT value FROM store_info WHERE key = 'id'").fetchone()[0]
@@ -142,19 +163,68 @@ class Store:
                     "ON CONFLICT(monitor, key) DO UPDATE SET profile = excluded.profile",
                     [(monitor, k, sqlite3.Binary(v)) for k, v in blobs.items()])
                 if results:
-                    self._db.executemany(
-                        "INSERT INTO window_results (monitor, horizon, window_start, window_end, events, status, "
-                        "dataset_drift, drift_share, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(monitor, r.horizon, r.window_start, r.window_end, r.events, r.status, int(r.dataset_drift),
-                          r.drift_share, r.result, now) for r in results])
-                    self._db.execute(
-                        "DELETE FROM window_results WHERE monitor = ? AND id <= "
-                        "(SELECT id FROM window_results WHERE monitor = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                        (monitor, monitor, RESULTS_KEPT))
+                    self._record(monitor, results, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _record(self, monitor: str, results: list[ResultRow], now: float) -> None:
+        """Append results (and the samples of the latest), then apply the retention (caller
+        holds the lock, in a transaction)."""
+        db, keep = self._db, self.retention
+        db.executemany(
+            "INSERT INTO window_results (monitor, horizon, window_start, window_end, events, status, dataset_drift, "
+            "drift_share, result, recorded_at, window_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(monitor, r.horizon, r.window_start, r.window_end, r.events, r.status, int(r.dataset_drift),
+              r.drift_share, r.result, now, r.window_id) for r in results])
+        samples = [(monitor, r.window_id, sqlite3.Binary(r.sample)) for r in results[-keep.samples:]
+                   if r.sample is not None and keep.samples > 0]
+        db.executemany("INSERT OR REPLACE INTO window_samples (monitor, window_id, profile) VALUES (?, ?, ?)", samples)
+        db.execute("DELETE FROM window_results WHERE monitor = ? AND id <= "
+                   "(SELECT id FROM window_results WHERE monitor = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                   (monitor, monitor, keep.windows))
+        if keep.max_age is not None:
+            db.execute("DELETE FROM window_results WHERE monitor = ? AND recorded_at < ?",
+                       (monitor, now - keep.max_age))
+        # the samples of the latest windows, and only of windows still in the history
+        db.execute("DELETE FROM window_samples WHERE monitor = ? AND rowid NOT IN "
+                   "(SELECT rowid FROM window_samples WHERE monitor = ? ORDER BY rowid DESC LIMIT ?)",
+                   (monitor, monitor, keep.samples))
+        db.execute("DELETE FROM window_samples WHERE monitor = ? AND window_id NOT IN "
+                   "(SELECT window_id FROM window_results WHERE monitor = ?)", (monitor, monitor))
+
+    def history(self, monitor: str, limit: int, before: str | None = None, horizon: str | None = None
+                ) -> list[tuple[str, str, bool]] | None:
+        """Evaluated windows, newest first: (window id, result JSON, whether its sample is
+        kept). `before`: only windows recorded before that one (None if it is not known)."""
+        with self._lock:
+            bound = 2**63
+            if before is not None:
+                row = self._db.execute("SELECT max(id) FROM window_results WHERE monitor = ? AND window_id = ?",
+                                       (monitor, before)).fetchone()
+                if row[0] is None:
+                    return None
+                bound = row[0]
+            rows = self._db.execute(
+                "SELECT r.window_id, r.result, s.window_id IS NOT NULL FROM window_results r "
+                "LEFT JOIN window_samples s ON s.monitor = r.monitor AND s.window_id = r.window_id "
+                "WHERE r.monitor = ? AND r.id < ? "
+                "AND (? IS NULL OR r.horizon = ?) ORDER BY r.id DESC LIMIT ?",
+                (monitor, bound, horizon, horizon, limit)).fetchall()
+        return [(w, res, bool(has)) for w, res, has in rows]
+
+    def window(self, monitor: str, window_id: str) -> tuple[str, bytes | None] | None:
+        """A window's result JSON and its sample (None once it is no longer kept); None if the
+        window is not in the history."""
+        with self._lock:
+            row = self._db.execute("SELECT result FROM window_results WHERE monitor = ? AND window_id = ? "
+                                   "ORDER BY id DESC LIMIT 1", (monitor, window_id)).fetchone()
+            if row is None:
+                return None
+            sample = self._db.execute("SELECT profile FROM window_samples WHERE monitor = ? AND window_id = ?",
+                                      (monitor, window_id)).fetchone()
+        return row[0], None if sample is None else bytes(sample[0])
 
     def load_state(self, monitor: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
         """The monitor's meta and every stored profile's bytes (None: no state stored)."""

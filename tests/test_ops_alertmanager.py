@@ -146,7 +146,9 @@ def _get(url: str) -> bytes | None:
         return None
 
 
-def driftline_alert(name: str, severity: str, instance: str, **labels: str) -> dict[str, Any]:
+def driftline_alert(name: str, instance: str, **labels: str) -> dict[str, Any]:
+    """An alert as Prometheus sends it, with the severity its rule gives it."""
+    [severity] = [r["labels"]["severity"] for r in alert_rules() if r["alert"] == name]
     now = datetime.now(UTC)
     return {"labels": {"alertname": name, "severity": severity, "job": "driftline", "instance": instance, **labels},
             "annotations": {"summary": f"{name} {labels}"},
@@ -157,23 +159,25 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
         alertmanager: tuple[str, Notifications]) -> None:
     url, notes = alertmanager
     alerts = [
-        driftline_alert("DriftlineDown", "critical", "driftline-a:9108"),
+        driftline_alert("DriftlineDown", "driftline-a:9108"),
         # from the instance that is down: inhibited
-        driftline_alert("DriftlineDatasetDriftPersistent", "critical", "driftline-a:9108", monitor="credit-risk"),
-        driftline_alert("DriftlineNoEvents", "warning", "driftline-a:9108", monitor="credit-risk"),
-        # another instance, up: its drift pages, grouped with its missing feature
-        driftline_alert("DriftlineDatasetDriftPersistent", "critical", "driftline-b:9108", monitor="fraud",
+        driftline_alert("DriftlineDatasetDriftPersistent", "driftline-a:9108", monitor="credit-risk"),
+        driftline_alert("DriftlineNoEvents", "driftline-a:9108", monitor="credit-risk"),
+        # another instance, up: its drift opens a ticket, grouped with its missing feature; its
+        # other monitor rejecting every event pages
+        driftline_alert("DriftlineDatasetDriftPersistent", "driftline-b:9108", monitor="fraud",
                         horizon="5m"),
-        driftline_alert("DriftlineFeatureMissing", "critical", "driftline-b:9108", monitor="fraud",
+        driftline_alert("DriftlineFeatureMissing", "driftline-b:9108", monitor="fraud",
                         feature="device_type"),
+        driftline_alert("DriftlineRejectingEverything", "driftline-b:9108", monitor="payments"),
         # a per-feature drift of a monitor whose whole dataset drifts in the same horizon: inhibited
-        driftline_alert("DriftlineFeatureDriftPersistent", "warning", "driftline-b:9108", monitor="fraud",
+        driftline_alert("DriftlineFeatureDriftPersistent", "driftline-b:9108", monitor="fraud",
                         feature="amount", horizon="5m"),
         # the same feature drifting in another horizon is news: a ticket
-        driftline_alert("DriftlineFeatureDriftPersistent", "warning", "driftline-b:9108", monitor="fraud",
+        driftline_alert("DriftlineFeatureDriftPersistent", "driftline-b:9108", monitor="fraud",
                         feature="amount", horizon="1d"),
         # a warning of a third monitor: a ticket
-        driftline_alert("DriftlineEventLagHigh", "warning", "driftline-b:9108", monitor="churn"),
+        driftline_alert("DriftlineEventLagHigh", "driftline-b:9108", monitor="churn"),
     ]
     req = urllib.request.Request(url + "/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -192,6 +196,7 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
                 ("DriftlineFeatureMissing", "fraud", ""): "active",
                 ("DriftlineFeatureDriftPersistent", "fraud", "5m"): "suppressed",
                 ("DriftlineFeatureDriftPersistent", "fraud", "1d"): "active",
+                ("DriftlineRejectingEverything", "payments", ""): "active",
                 ("DriftlineEventLagHigh", "churn", ""): "active"}
     wait_until(lambda: states() == expected, 20, what="the inhibitions to apply")
 
@@ -203,8 +208,9 @@ def test_real_alertmanager_pages_tickets_groups_by_monitor_and_inhibits(
         return out
 
     want = {("pager", ""): {"DriftlineDown"},
-            ("pager", "fraud"): {"DriftlineDatasetDriftPersistent", "DriftlineFeatureMissing"},
-            ("tickets", "fraud"): {"DriftlineFeatureDriftPersistent"},
+            ("pager", "payments"): {"DriftlineRejectingEverything"},
+            ("tickets", "fraud"): {"DriftlineDatasetDriftPersistent", "DriftlineFeatureMissing",
+                                   "DriftlineFeatureDriftPersistent"},
             ("tickets", "churn"): {"DriftlineEventLagHigh"}}
     wait_until(lambda: notified() == want, 30, what="the notifications")
     time.sleep(1.5)  # nothing else arrives: the inhibited alerts are never notified
