@@ -62,6 +62,7 @@ class OfflineResult:
     reference_path: Path
     current_path: Path
     prediction_column: str | None
+    window: WindowProfile  # the current file as one window: what --html reports on
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -246,7 +247,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     result = evaluate_window(window, profile, settings, tuple(names))
     if result.prediction is not None and pred:
         result = dataclasses.replace(result, prediction=dataclasses.replace(result.prediction, feature=pred))
-    return OfflineResult(result, profile, reference, current, pred)
+    return OfflineResult(result, profile, reference, current, pred, window)
 
 
 def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str], cur_names: list[str],
