@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", required=True, type=Path,
                     help="a .dlref profile, or training data (.parquet or .csv) profiled in memory")
     ev.add_argument("--current", required=True, type=Path, help="the data to check, .parquet or .csv")
-    ev.add_argument("--columns", help="comma-separated columns to compare (default: every column in both files)")
+    ev.add_argument("--columns", help="comma-separated columns to compare (default: every column in both files "
+                                      "but those that look like identifiers or timestamps)")
     ev.add_argument("--exclude", help="comma-separated columns to leave out")
     ev.add_argument("--method", help="drift method for every column (default: Evidently's choice per column)")
     ev.add_argument("--num-method", help="drift method for numerical columns")
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--categorical", help="columns to treat as categorical (reference given as data)")
     ev.add_argument("--prediction-column", help="the model's output: scored and reported apart, not in the share")
     ev.add_argument("--format", default="table", help="table (default) or json")
+    ev.add_argument("--html", metavar="FILE", type=Path,
+                    help="also write Evidently's drill-down report of the file against the reference to FILE "
+                         "(needs pip install 'driftline[reports]')")
     ev.add_argument("--fail-on-drift", action="store_true", help="exit with 3 when the dataset drifts")
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ev.set_defaults(func=_cmd_evaluate)

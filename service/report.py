@@ -174,11 +174,13 @@ def _window_values(window: WindowProfile, i: int | None) -> tuple[NumericalValue
 
 def report_job(window: WindowProfile, reference: ReferenceProfile, features: Sequence[ReportColumn], *,
                drift_share: float, prediction: ReportColumn | None = None, title: str = "",
-               reference_rows: int = REFERENCE_ROWS) -> ReportJob:
+               reference_rows: int = REFERENCE_ROWS, current_rows: int | None = None) -> ReportJob:
     """The frames and settings of the report (see the module docstring); no Evidently here.
 
     `features` are the window's features in its order (`window.kinds`), each named by its
-    reference column; `prediction` names the prediction's reference column."""
+    reference column; `prediction` names the prediction's reference column. The window is
+    shown in at most `current_rows` rows (default: its budget), the reference in at most
+    `reference_rows`."""
     if len(features) != len(window.kinds):
         raise ValueError(f"{len(features)} report columns for a window of {len(window.kinds)} features")
     if window.events == 0:
@@ -198,7 +200,8 @@ def report_job(window: WindowProfile, reference: ReferenceProfile, features: Seq
 
     exact = all(v.exact for v in window.numerical.values()) and not (
         isinstance(window.prediction, NumericalValues) and not window.prediction.exact)
-    cur_rows = window.events if exact else min(window.events, window.budget)
+    cap = window.budget if current_rows is None else current_rows
+    cur_rows = window.events if exact and window.events <= cap else min(window.events, cap)
     ref_total = max(col.rows for col in reference.columns.values())
     ref_rows = min(ref_total, reference_rows)
     rng = np.random.default_rng(_seed(reference.content_hash, window.start, window.end, window.events))
@@ -228,6 +231,9 @@ def report_job(window: WindowProfile, reference: ReferenceProfile, features: Seq
     if not exact:
         notes.append(f"The window holds more values than the exactness budget ({window.budget:,} per feature): "
                      f"each column shows a uniform sample of {cur_rows:,} rows drawn from the window's sample.")
+    elif cur_rows < window.events:
+        notes.append(f"The window's {window.events:,} events are shown as a uniform sample of {cur_rows:,} rows "
+                     f"(per column); driftline's own scores use every event.")
     if ref_rows < ref_total:
         notes.append(f"The reference is shown as a uniform sample of {ref_rows:,} of its {ref_total:,} rows "
                      f"(per column); driftline's own scores use every row, so the numbers here can differ "
@@ -450,7 +456,7 @@ class ReportRenderer:
 def render_report(window: WindowProfile, reference: ReferenceProfile, features: Sequence[ReportColumn], *,
                   drift_share: float, prediction: ReportColumn | None = None, title: str = "",
                   timeout: float = DEFAULT_TIMEOUT, renderer: ReportRenderer | None = None,
-                  reference_rows: int = REFERENCE_ROWS) -> str:
+                  reference_rows: int = REFERENCE_ROWS, current_rows: int | None = None) -> str:
     """Evidently's HTML report for `window` against `reference` (see the module docstring).
 
     `features`: the window's features in its order, each with driftline's method and
@@ -460,7 +466,7 @@ def render_report(window: WindowProfile, reference: ReferenceProfile, features: 
     Raises ReportUnavailable without Evidently, ReportTimeout past `timeout` seconds of
     rendering, ReportError otherwise."""
     job = report_job(window, reference, features, drift_share=drift_share, prediction=prediction, title=title,
-                     reference_rows=reference_rows)
+                     reference_rows=reference_rows, current_rows=current_rows)
     if renderer is not None:
         return renderer.render(job, timeout)
     with ReportRenderer() as own:
