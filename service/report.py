@@ -5,8 +5,8 @@ DataFrames rebuilt column by column from driftline's profiles (`report_job`) wit
 method and threshold for every feature, so Evidently's verdicts are driftline's:
 
 - **window exact** (every numerical feature within the exactness budget): the current frame
-  holds exactly the window's values (sorted, as driftline scores them), each category as
-  often as counted, and as many NaN as the feature was missing: every drift score Evidently
+  holds exactly the window's values (in the order they arrived), each category as often as
+  counted, and as many NaN as the feature was missing: every drift score Evidently
   computes equals driftline's for that window (to the 1e-9 of docs/drift-methods.md; except
   where that page says Evidently errs or draws unseeded random numbers: `empirical_mmd`'s
   permutations, `TVD`'s tie order);
@@ -129,16 +129,27 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _numerical(values: np.ndarray, seen: int, missing: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+def _numerical(values: np.ndarray, seen: int, missing: int, rows: int, rng: np.random.Generator, *,
+               keep_order: bool) -> np.ndarray:
     """`rows` rows of a column whose `seen` (finite) values are `values` or a uniform sample
     of them, and `missing` more were missing: exactly them when that makes `rows`, else a
-    uniform sample of the column's rows (the missing by a hypergeometric draw)."""
-    if values.size == seen and seen + missing == rows:
+    uniform sample of the column's rows (the missing by a hypergeometric draw).
+
+    A window's values keep their order (`keep_order`: an exact window's is the order they
+    arrived in, and Evidently plots values by row index: sorted ones would draw a rising
+    trend that never happened), its missing ones at random rows (where they were is not
+    kept); a reference's are sorted (all its profile keeps), missing ones last."""
+    if values.size != seen or seen + missing != rows:
+        n_missing = int(rng.hypergeometric(missing, seen, rows)) if missing else 0
+        n_values = min(rows - n_missing, values.size)
+        picked = rng.choice(values.size, n_values, replace=False)
+        values = values[np.sort(picked)] if keep_order else np.sort(values[picked])
+        missing = rows - n_values
+    if not keep_order:
         return np.concatenate((np.sort(values), np.full(missing, np.nan)))
-    n_missing = int(rng.hypergeometric(missing, seen, rows)) if missing else 0
-    n_values = min(rows - n_missing, values.size)
-    picked = np.sort(rng.choice(values, n_values, replace=False))
-    return np.concatenate((picked, np.full(rows - n_values, np.nan)))
+    out = np.full(rows, np.nan)
+    out[np.sort(rng.choice(rows, values.size, replace=False))] = values
+    return out
 
 
 def _categorical(labels: Sequence[str], counts: Sequence[int], missing: int, rows: int,
@@ -213,8 +224,8 @@ def report_job(window: WindowProfile, reference: ReferenceProfile, features: Seq
         values, missing = _window_values(window, i)
         col = reference.columns[c.name]
         if isinstance(values, NumericalValues):
-            current[c.name] = _numerical(values.values, values.seen, missing, cur_rows, rng)
-            ref[c.name] = _numerical(col.sample.sorted, col.sample.n, col.missing, ref_rows, rng)
+            current[c.name] = _numerical(values.values, values.seen, missing, cur_rows, rng, keep_order=True)
+            ref[c.name] = _numerical(col.sample.sorted, col.sample.n, col.missing, ref_rows, rng, keep_order=False)
             if c.method in _CATEGORICAL_ONLY_IN_EVIDENTLY:  # Evidently's labels must be text
                 current[c.name], ref[c.name] = _as_labels(current[c.name]), _as_labels(ref[c.name])
                 categorical.append(c.name)

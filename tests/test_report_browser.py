@@ -118,7 +118,8 @@ def test_a_drifted_windows_report_renders_in_chromium(tmp_path: Path, server: tu
     from selenium.webdriver.common.by import By
 
     reference, current = traffic(20_000, 3_000, DEFAULT_SHIFT, 41)
-    out = offline(tmp_path, reference, current, prediction_column="prediction")
+    out = offline(tmp_path, reference, current, prediction_column="prediction", drift_share=0.2)  # as the demo's
+    assert out.result.dataset_drift
     drifted = {f.feature for f in out.result.drifted_features}  # driftline's engine decides, not this test
     assert drifted
     features, pred = columns_from_result(out.result, "prediction")
@@ -136,6 +137,8 @@ def test_a_drifted_windows_report_renders_in_chromium(tmp_path: Path, server: tu
     # the page as driftline wrote it, and Evidently's report under it
     assert browser.title == "credit-risk: a drifted window"
     assert "3,000 events" in browser.find_element(By.ID, "driftline-notes").text
+    assert "Dataset Drift is detected. Dataset drift detection threshold is 0.2" in browser.find_element(
+        By.TAG_NAME, "body").text
 
     # plots: Plotly charts with drawn traces, and the drift table's histograms drawn on canvases
     charts = browser.execute_script(PLOTLY_DRAWN)
