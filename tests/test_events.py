@@ -260,6 +260,7 @@ def test_the_collectors_import_nothing_of_the_service() -> None:
 
     modules = ["driftline.collectors." + m for m in ("schema", "events", "batch", "consumer", "assignor",
                                                       "kafka", "dead_letters", "tls")]
-    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in sys.modules if m.startswith('driftline.service')))"
+    code = (f"import sys, {', '.join(modules)}; "
+            "print(sorted(m for m in sys.modules if m.startswith('driftline.service')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from driftline.service.demo.traffic import DEFAULT_SHIFT
@@ -29,10 +29,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 class _Pages(http.server.BaseHTTPRequestHandler):
-    pages: dict[str, bytes] = {}
-    requested: list[str] = []
+    pages: ClassVar[dict[str, bytes]] = {}  # each test makes its own subclass (the `server` fixture)
+    requested: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+    def do_GET(self) -> None:
         self.requested.append(self.path)
         body = self.pages.get(self.path)
         if body is None:  # favicon and the like: nothing, and no console error for it
@@ -94,7 +94,8 @@ def wait_for(drv: Any, script: str, timeout: float = 30.0) -> Any:
 PLOTLY_DRAWN = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => {
   const svg = p.querySelector('svg.main-svg'); const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-  const shapes = Array.from(p.querySelectorAll('.trace path, .trace rect')).filter(s => (s.getAttribute('d') || '').length > 3 || s.getAttribute('width') > 0);
+  const shapes = Array.from(p.querySelectorAll('.trace path, .trace rect'))
+    .filter(s => (s.getAttribute('d') || '').length > 3 || s.getAttribute('width') > 0);
   return [box.width, box.height, p.querySelectorAll('.trace').length, shapes.length];
 });"""
 # Each canvas (the drift table's small histograms): non-zero size, and not blank.
@@ -105,7 +106,8 @@ return Array.from(document.querySelectorAll('canvas')).map(c => {
 });"""
 # The drift table (the one headed "Data Drift"): the rows of the page shown, as (column, verdict).
 DRIFT_ROWS = """
-const table = Array.from(document.querySelectorAll('table')).find(t => /Data Drift/.test(t.querySelector('thead') ? t.querySelector('thead').innerText : ''));
+const table = Array.from(document.querySelectorAll('table'))
+  .find(t => /Data Drift/.test(t.querySelector('thead') ? t.querySelector('thead').innerText : ''));
 if (!table) return null;
 const head = Array.from(table.querySelectorAll('thead th')).map(th => th.innerText.trim());
 const col = head.indexOf('Column'), verdict = head.indexOf('Data Drift');
