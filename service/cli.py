@@ -120,6 +120,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _version() -> str:
+    """The installed package's version, from its metadata (as driftline_build_info reports it;
+    not through metrics.py, whose imports would cost `--version` a second)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("driftline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -146,6 +157,7 @@ def _split(value: str | None) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Data drift monitoring for ML models in production.")
+    p.add_argument("--version", action="version", version=f"driftline {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the service")
