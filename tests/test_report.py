@@ -209,3 +209,18 @@ def test_report_columns_must_match_the_window_and_the_reference(tmp_path: Path) 
     swapped = [ReportColumn("city" if f.name == "x" else "x" if f.name == "city" else f.name) for f in features]
     with pytest.raises(ValueError, match="'city' is numerical in the window and categorical in the reference"):
         report_job(out.window, out.reference, swapped, drift_share=0.5)
+
+
+def test_an_idle_worker_stops_and_the_next_render_starts_it_again(tmp_path: Path) -> None:
+    reference, current = traffic(1_500, 300, DEFAULT_SHIFT, 13)
+    out = offline(tmp_path, reference, current)
+    features, _ = columns_from_result(out.result)
+    with ReportRenderer(idle_timeout=1.0) as r:
+        r.start()
+        assert r.running
+        deadline = time.monotonic() + 15
+        while r.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not r.running  # its memory is given back
+        assert "300 events" in render_report(out.window, out.reference, features, drift_share=0.5, renderer=r)
+        assert r.running
