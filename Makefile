@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # promtool, amtool, prometheus and prometheus-alertmanager for the ops tests (tests/test_ops_*.py),
-# and stunnel (TLS in front of the local broker, tests/test_security.py), from Debian's packages;
+# stunnel (TLS in front of the local broker, tests/test_security.py), and headless Chromium with its
+# driver (a report in a real browser, tests/test_report_browser.py), from Debian's packages;
 # each package is installed only where its binary is missing. Without apt-get it says what is missing.
 # Pairs of binary:package.
 OPS_TOOLS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-	amtool:prometheus-alertmanager stunnel4:stunnel4
+	amtool:prometheus-alertmanager stunnel4:stunnel4 chromium:chromium chromedriver:chromium-driver
 ops-tools:
 	@missing=""; pkgs=""; for t in $(OPS_TOOLS); do bin=$${t%%:*}; pkg=$${t#*:}; \
 		command -v $$bin >/dev/null && continue; missing="$$missing $$bin"; \

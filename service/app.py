@@ -14,6 +14,7 @@ from driftline.collectors.kafka import KafkaSource, Polled
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from .config import Secrets, Settings, decode_webhook_secret
+from .drilldown import Reports
 from .http import ApiServer
 from .metrics import DriftlineMetrics
 from .monitor import Monitor
@@ -135,7 +136,7 @@ class Service:
         for i, ms in enumerate(settings.monitors):
             trigger = None
             if ms.retrain is not None:
-                trigger = RetrainTrigger(ms.name, ms.retrain, self.store, clock)
+                trigger = RetrainTrigger(ms.name, ms.retrain, self.store, clock, settings.service.public_url)
                 secret = secrets.get(f"monitors[{i}].retrain.secret_env")
                 assert secret is not None  # load_settings refuses configs without it
                 endpoints[ms.name] = Endpoint(decode_webhook_secret(secret.get_secret_value()),
@@ -150,6 +151,7 @@ class Service:
         self.consumers = [ConsumerLoop(m, secrets, self.metrics) for m in self.monitors]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._reference_mtimes: dict[str, float] = {}
+        self.reports = Reports(self.store, settings.service.public_url)
         token = secrets.get("service.api_token_env")
         host, _, port = settings.service.listen.rpartition(":")
         self.api = ApiServer((host.strip("[]"), int(port)), self, token.get_secret_value() if token else None)
@@ -196,6 +198,7 @@ class Service:
         self.scheduler.shutdown(wait=False)
         self.dispatcher.close(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.api.stop()
+        self.reports.close()
         self.store.close()
 
 

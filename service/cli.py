@@ -22,7 +22,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .reference import ReferenceError, load_profile
 
     try:
-        settings, _ = load_settings(args.config)
+        settings, secrets = load_settings(args.config)
     except ConfigError as exc:
         _print_problems(args.config, exc.problems)
         return EXIT_ERROR
@@ -38,6 +38,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         _print_problems(args.config, problems)
         return EXIT_ERROR
     print(f"{args.config}: OK ({len(settings.monitors)} monitor{'s' if len(settings.monitors) != 1 else ''})")
+    if args.sample is not None:
+        from .check import run_samples
+
+        return run_samples(settings, secrets, args.sample, args.timeout)
     return EXIT_OK
 
 
@@ -118,20 +122,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _version() -> str:
+    """The installed package's version, from its metadata (as driftline_build_info reports it;
+    not through metrics.py, whose imports would cost `--version` a second)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("driftline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of records, at least 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text!r}")
+    return value
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Data drift monitoring for ML models in production.")
+    p.add_argument("--version", action="version", version=f"driftline {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the service")
     run.add_argument("--config", required=True, help="YAML configuration file")
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check", help="validate a configuration and print every error with its location")
+    check = sub.add_parser("check", help="validate a configuration and print every error with its location",
+                           epilog="exit codes: 0 valid (and with --sample, some sampled record is valid); 1 an "
+                                  "error, a topic that cannot be read, or every sampled record of a monitor invalid")
     check.add_argument("--config", required=True)
+    check.add_argument("--sample", type=_positive_int, metavar="N",
+                       help="also read the last N records of each monitor's topic (outside its consumer group, "
+                            "committing nothing) and count how they decode: valid, or invalid by reason")
+    check.add_argument("--timeout", type=_positive_float, default=15.0, metavar="SECONDS",
+                       help="with --sample: how long to wait for each monitor's broker and records (default 15)")
     check.set_defaults(func=_cmd_check)
 
     ref = sub.add_parser("reference", help="reference profiles")
@@ -153,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", required=True, type=Path,
                     help="a .dlref profile, or training data (.parquet or .csv) profiled in memory")
     ev.add_argument("--current", required=True, type=Path, help="the data to check, .parquet or .csv")
-    ev.add_argument("--columns", help="comma-separated columns to compare (default: every column in both files)")
+    ev.add_argument("--columns", help="comma-separated columns to compare (default: every column in both files "
+                                      "but those that look like identifiers or timestamps)")
     ev.add_argument("--exclude", help="comma-separated columns to leave out")
     ev.add_argument("--method", help="drift method for every column (default: Evidently's choice per column)")
     ev.add_argument("--num-method", help="drift method for numerical columns")
@@ -169,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibration", default="on", help="on (default): thresholds calibrated to the file's size; "
                                                         "off: Evidently's plain thresholds")
     ev.add_argument("--format", default="table", help="table (default) or json")
+    ev.add_argument("--html", metavar="FILE", type=Path,
+                    help="also write Evidently's drill-down report of the file against the reference to FILE "
+                         "(needs pip install 'driftline[reports]')")
     ev.add_argument("--fail-on-drift", action="store_true", help="exit with 3 when the dataset drifts")
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ev.set_defaults(func=_cmd_evaluate)

@@ -114,6 +114,7 @@ class WindowResult:
     duration_seconds: float
     calibration: str = "off"  # on | off | unavailable: why
     false_alarm_level: float | None = None  # calibration on: the per-feature level of the noise floors
+    window_id: str = ""  # set by the monitor's evaluator (service/history.py), "" offline
 
     @property
     def drifted_features(self) -> tuple[FeatureDrift, ...]:

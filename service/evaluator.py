@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from .config import MonitorSettings
 from .evaluation import WindowResult, WindowStatus, evaluate_window
+from .history import window_id
 from .metrics import EVALUATION_BUCKETS, BatchHistogram, DriftlineMetrics
 from .profile import WindowProfile
 from .reference import ReferenceProfile
@@ -41,6 +43,8 @@ class Evaluator:
         reference = self._reference()
         for length, window in closed:
             result = evaluate_window(window, reference, self.settings, self.feature_names, self._label[length])
+            result = replace(result, window_id=window_id(result.horizon, result.window_start, result.window_end,
+                                                         window.number))
             results.append(result)
             # retraining follows the buckets; longer horizons inform, they do not trigger
             if self.trigger is not None and result.horizon == self.horizons[0]:

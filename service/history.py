@@ -2,8 +2,8 @@
 
 A window's id follows from the window itself (its horizon, start and end), so it is the same
 after a restart, on a standby that took over, and in the webhook that cites it:
-`10s-1796035820000-1796035830000` (milliseconds since the epoch; count windows run from their
-first event's time to their last's).
+`10s-1796035820000-1796035830000` (milliseconds since the epoch); a count window's is its
+number and its first event's time: `1000events-n17-1796035820000`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ from urllib.parse import quote
 from .evaluation import WindowResult
 
 
-def window_id(horizon: str, start: float, end: float) -> str:
+def window_id(horizon: str, start: float, end: float, number: int | None = None) -> str:
+    """A time window's id: its length, start and end; a count window's: its number and its
+    first event's time (its events may all share one time)."""
     def ms(t: float) -> int:
         return round(t * 1000) if math.isfinite(t) else 0
 
+    if number is not None:
+        return f"{horizon.replace(' ', '')}-n{number}-{ms(start)}"
     return f"{horizon.replace(' ', '')}-{ms(start)}-{ms(end)}"
 
 
 def result_id(r: WindowResult) -> str:
-    return window_id(r.horizon, r.window_start, r.window_end)
+    return r.window_id or window_id(r.horizon, r.window_start, r.window_end)
 
 
 def report_path(monitor: str, wid: str) -> str:

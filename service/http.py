@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client.exposition import choose_encoder
 
 from .evaluation import WindowResult, result_json
-from .history import report_link, result_id, window_json
+from .history import report_link, report_path, result_id, window_json
 
 if TYPE_CHECKING:
     from .app import Service
@@ -107,12 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._window(m, unquote(parts[2]))
             elif len(parts) == 4 and parts[1] == "windows" and parts[3] == "report":
                 if self._authorized(required=False):
-                    self._report(m, unquote(parts[2]))
+                    self._report(m, unquote(parts[2]), parse_qs(url.query).get("horizon", [None])[-1])
             else:
                 self._json(404, {"error": "not found"})
         elif path == "/":
             self._json(200, {"service": "driftline", "endpoints": ["/metrics", "/healthz", "/readyz",
-                                                                   "/api/v1/monitors"]})
+                                                                   "/api/v1/monitors",
+                                                                   "/api/v1/monitors/{name}/windows"]})
         else:
             self._json(404, {"error": "not found"})
 
@@ -167,7 +168,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, window_json(wid, got[0], got[1] is not None, m.name,
                                     self.server.service.settings.service.public_url))
 
-    def _report(self, m: Monitor, wid: str) -> None:
+    def _report(self, m: Monitor, wid: str, horizon: str | None) -> None:
+        if wid == "latest":  # (the alerts' link) the latest window of a horizon, default the buckets'
+            if horizon is not None and horizon not in m.horizons:
+                self._json(400, {"error": f"horizon: expected one of {', '.join(m.horizons)}"})
+                return
+            latest = m.latest_result(horizon)
+            if latest is None:
+                self._json(404, {"error": f"monitor {m.name} has evaluated no window yet"})
+                return
+            self._send(302, b"", headers={"Location": report_path(m.name, result_id(latest))})
+            return
         status, body, content_type = self.server.service.reports.get(m, wid)
         self._send(status, body, content_type)
 

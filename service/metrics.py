@@ -246,6 +246,16 @@ _HISTOGRAMS = (
 )
 
 
+def build_version() -> str:
+    """The installed package's version, from its metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("driftline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 class DriftlineMetrics:
     """The service's metrics, on an explicit registry (tests pass a fresh one)."""
 
@@ -272,6 +282,10 @@ class DriftlineMetrics:
         self.dead_letters_pending_bytes = Gauge(
             "driftline_dead_letters_pending_bytes", "Bytes of those copies, as counted against "
             "kafka.dead_letter_max_pending_bytes (consumption pauses above it)", ["monitor"], registry=registry)
+        # which version runs where: `driftline_build_info * on(instance) group_left(version) ...`
+        self.build_info = Gauge("driftline_build_info", "The running driftline's version (always 1)", ["version"],
+                                registry=registry)
+        self.build_info.labels(build_version()).set(1)
 
     def add_monitors(self, monitors: Sequence[MonitorView], with_retrain: set[str]) -> None:
         for m in monitors:

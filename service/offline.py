@@ -33,9 +33,10 @@ from pydantic import ValidationError
 from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
 from .evaluation import WindowResult, evaluate_window, feature_json, quality_issues_json
+from .identifiers import identifier_columns
 from .monitor import MonitorSetupError, feature_kinds
 from .offline_table import render_table
-from .profile import WindowProfile
+from .profile import DEFAULT_BUDGET, WindowProfile
 from .reference import (
     ReferenceError,
     ReferenceProfile,
@@ -47,6 +48,7 @@ from .reference import (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
+HTML_TIMEOUT = 600.0  # a report of a large file against a large reference takes a minute or two
 BATCH_ROWS = 250_000
 _DATA_SUFFIXES = {".parquet", ".pq", ".csv", ".gz", ".txt"}  # what reference._batches reads
 
@@ -65,6 +67,8 @@ class OfflineResult:
     reference_path: Path
     current_path: Path
     prediction_column: str | None
+    window: WindowProfile  # the current file as one window: what --html reports on
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # identifiers, timestamps: why
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -153,9 +157,12 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
                    per_column_threshold: dict[str, float] | None = None,
                    types: dict[str, ColumnKind] | None = None, prediction_column: str | None = None,
                    calibration: str = "on", batch_rows: int = BATCH_ROWS,
-                   progress: Progress | None = None, workers: int = 1) -> OfflineResult:
+                   progress: Progress | None = None, workers: int = 1,
+                   leave_out_identifiers: bool = True) -> OfflineResult:
     """The service's drift table for `current` against `reference`; OfflineError on bad input.
 
+    Without `columns`, columns that look like identifiers or timestamps are left out
+    (`identifiers.py`; not those an option names) and listed in `left_out`.
     `progress(file, rows, total)` is called after each batch read (file: "reference" or "current")."""
     col_methods, col_thresholds, types = per_column_method or {}, per_column_threshold or {}, types or {}
     for option, name in [("--method", method), ("--num-method", num_method), ("--cat-method", cat_method),
@@ -170,6 +177,15 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     built = False
     pred = prediction_column
     features = _select(columns, exclude or [], ref_names, cur_names, pred, reference, current)
+    left_out: dict[str, str] = {}
+    if columns is None and leave_out_identifiers:
+        named = {*col_methods, *col_thresholds, *types}
+        left_out = identifier_columns(current, [c for c in features if c not in named],
+                                      reference if profile is None else profile, batch_rows)
+        features = [c for c in features if c not in left_out]
+        if not features:
+            raise OfflineError(f"--columns: every column both files have looks like an identifier or a timestamp "
+                               f"({', '.join(left_out)}); name the columns to compare with --columns")
     compared = [*features, *([pred] if pred else [])]
     for option, keys in (("--per-column-method", col_methods), ("--per-column-threshold", col_thresholds),
                          ("--numerical/--categorical", types)):
@@ -233,7 +249,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     result = evaluate_window(window, profile, settings, tuple(names))
     if result.prediction is not None and pred:
         result = dataclasses.replace(result, prediction=dataclasses.replace(result.prediction, feature=pred))
-    return OfflineResult(result, profile, reference, current, pred)
+    return OfflineResult(result, profile, reference, current, pred, window, left_out)
 
 
 def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str], cur_names: list[str],
@@ -307,12 +323,48 @@ def _pairs(option: str, text: str | None) -> dict[str, str]:
     return out
 
 
+def _check_html(path: Path) -> None:
+    """Fail before the evaluation, not after it, when the report cannot be written."""
+    import importlib.util
+
+    from .report import INSTALL_HINT
+
+    if importlib.util.find_spec("evidently") is None:
+        raise OfflineError(f"--html: reports need Evidently, which is not installed: {INSTALL_HINT}")
+    if not path.parent.is_dir():
+        raise OfflineError(f"--html {path}: no such directory {path.parent}")
+
+
 def _print_progress(what: str, rows: int, total: int | None) -> None:
     if what == "noise floors":
         print(f"  noise floors: {rows} of {total} columns", file=sys.stderr, flush=True)
         return
     share = f" ({100 * rows / total:.0f}%)" if total else ""
     print(f"  {what}: read {rows:,}{f' of {total:,}' if total else ''} rows{share}", file=sys.stderr, flush=True)
+
+
+def write_html_report(out: OfflineResult, path: Path, timeout: float = HTML_TIMEOUT) -> None:
+    """Evidently's drill-down report of the file's window, as the service renders a window's
+    (at most DEFAULT_BUDGET rows of the current file, REFERENCE_ROWS of the reference)."""
+    from .report import columns_from_result, render_report
+
+    features, pred = columns_from_result(out.result, out.prediction_column)
+    page = render_report(out.window, out.reference, features, drift_share=out.result.drift_share_threshold,
+                         prediction=pred, title=f"driftline evaluate: {out.current_path.name} against "
+                         f"{out.reference_path.name}", timeout=timeout, current_rows=DEFAULT_BUDGET)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _print_left_out(out: OfflineResult) -> None:
+    """Which columns were left out as identifiers or timestamps, and how to compare them anyway."""
+    why = ", ".join(f"{c} ({reason})" for c, reason in out.left_out.items())
+    keep = ",".join([*(f.feature for f in out.result.features), *out.left_out])
+    print(f"driftline evaluate: left out {len(out.left_out)} column{'s' if len(out.left_out) != 1 else ''} that "
+          f"look{'s' if len(out.left_out) == 1 else ''} like identifiers or timestamps: {why}; to compare "
+          f"{'it' if len(out.left_out) == 1 else 'them'} too, name every column to compare: --columns {keep}",
+          file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -323,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = getattr(args, "calibration", "on")
         if calibration not in ("on", "off"):
             raise OfflineError(f"--calibration: expected on or off, got {calibration!r}")
+        if args.html is not None:
+            _check_html(args.html)
         types = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
         both = sorted(set(types) & set(_split(args.categorical)))
         if both:
@@ -343,5 +397,17 @@ def run(args: argparse.Namespace) -> int:
     except OfflineError as exc:
         print(f"driftline evaluate: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if out.left_out:
+        _print_left_out(out)
     print(json.dumps(out.to_json(), indent=2) if args.format == "json" else out.to_table())
+    if args.html is not None:
+        from .report import ReportError
+
+        if not args.quiet:
+            print(f"  writing the report to {args.html} (Evidently: seconds to minutes)", file=sys.stderr, flush=True)
+        try:
+            write_html_report(out, args.html)
+        except (ReportError, OSError) as exc:
+            print(f"driftline evaluate: --html {args.html}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     return EXIT_DRIFT if args.fail_on_drift and out.result.dataset_drift else EXIT_OK

@@ -188,6 +188,7 @@ class WindowProfile:
         self.model_versions: Counter[str] = Counter()
         self.first_event_time = math.inf
         self.last_event_time = -math.inf
+        self.number: int | None = None  # a count window's number, set as it closes (not stored)
         self.stamp = next(_stamps)
 
     def empty_like(self, start: float, end: float) -> WindowProfile:

@@ -199,7 +199,7 @@ class Store:
         """Evaluated windows, newest first: (window id, result JSON, whether its sample is
         kept). `before`: only windows recorded before that one (None if it is not known)."""
         with self._lock:
-            bound = 2**63
+            bound = 2**63 - 1
             if before is not None:
                 row = self._db.execute("SELECT max(id) FROM window_results WHERE monitor = ? AND window_id = ?",
                                        (monitor, before)).fetchone()

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import RetrainSettings
 from .evaluation import FeatureDrift, WindowResult, WindowStatus, quality_json
+from .history import report_link, result_id
 from .store import Store
 
 EVENT_TYPE = "driftline.retrain.requested"
@@ -18,8 +19,9 @@ EVENT_TYPE = "driftline.retrain.requested"
 
 class RetrainTrigger:
     def __init__(self, monitor: str, settings: RetrainSettings, store: Store,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], base_url: str | None = None) -> None:
         self.monitor, self.settings, self._store, self._clock = monitor, settings, store, clock
+        self.base_url = base_url  # service.public_url: where the window's report link points
         self.streak = 0
 
     def observe(self, result: WindowResult) -> str | None:
@@ -41,13 +43,14 @@ class RetrainTrigger:
         last = self._store.last_retrain_request(self.monitor)
         if last is not None and now - last < self.settings.cooldown:
             return "suppressed_cooldown"
-        body = json.dumps(request_body(message_id, result, self.settings.consecutive_windows, now),
+        body = json.dumps(request_body(message_id, result, self.settings.consecutive_windows, now, self.base_url),
                           separators=(",", ":"), sort_keys=True, allow_nan=False)
         self._store.request_retrain(self.monitor, message_id, self.settings.webhook_url, body, now)
         return "requested"
 
 
-def request_body(message_id: str, result: WindowResult, consecutive: int, now: float) -> dict[str, Any]:
+def request_body(message_id: str, result: WindowResult, consecutive: int, now: float,
+                 base_url: str | None = None) -> dict[str, Any]:
     """The webhook payload: the evidence for retraining, aggregates only."""
     from datetime import UTC, datetime
 
@@ -61,8 +64,10 @@ def request_body(message_id: str, result: WindowResult, consecutive: int, now: f
             "id": message_id,
             "monitor": result.monitor,
             "reason": f"dataset drift in {consecutive} consecutive windows",
-            "window": {"start": iso(result.window_start), "end": iso(result.window_end),
-                       "events": result.events},
+            "window": {"id": result_id(result), "start": iso(result.window_start), "end": iso(result.window_end),
+                       "events": result.events,
+                       # its drill-down report (needs the API's bearer token when one is set)
+                       "report": report_link(base_url, result.monitor, result_id(result))},
             "drifted_features": [{**_drift(f), "feature": f.feature} for f in result.drifted_features],
             "dataset_drift_share": result.drift_share,
             "drift_share_threshold": result.drift_share_threshold,

@@ -261,6 +261,8 @@ class TumblingWindows:
         buckets (length `size`), then each horizon's window whose period they complete, or
         whose end the watermark has passed."""
         with self._lock:
+            for i, w in self._pending:
+                w.number = i
             buckets = [w for _, w in self._pending]
             self._pending.clear()
             mark = -math.inf

@@ -377,3 +377,119 @@ def test_an_empty_current_file_is_an_error(pipeline_files: dict[str, Path], tmp_
     empty = write(pd.DataFrame({"age": pd.Series([], dtype=float)}), tmp_path / "empty.parquet")
     rc, _, err = cli(capsys, "--reference", pipeline_files["train"], "--current", empty)
     assert rc == 1 and f"--current {empty}: no rows" in err
+
+
+# -- identifiers and timestamps are not features -----------------------------------------------
+
+def with_identifiers(ref_rows: int, cur_rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Real features (a real-valued one, whole-dollar incomes distinct in the small file but not
+    in the training set, repeated codes and labels) beside ids and times of every kind."""
+    r = np.random.default_rng(seed)
+
+    def frame(n: int, first: int, shift: float) -> pd.DataFrame:
+        times = pd.Timestamp("2026-03-01", tz="UTC") + pd.to_timedelta(first * 60 + np.arange(n) * 13, unit="s")
+        order = np.arange(first, first + n, dtype=float) * 3 + 7
+        order[n // 2] = np.nan  # an integer id with a gap: floats in the file
+        return pd.DataFrame({
+            "row_id": np.arange(first, first + n),
+            "request_id": [f"req-{v:016x}" for v in r.permutation(np.arange(first, first + n) * 7919 + 11)],
+            "order_id": order,
+            "created_at": times,
+            "created_at_text": times.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+            "day": times.strftime("%Y/%m/%d"),
+            "x": r.normal(shift, 1, n),  # real values, all distinct: a feature
+            "income": r.lognormal(13 + 0.3 * shift, 0.8, n).round(),  # whole numbers
+            "visits": r.poisson(4, n),
+            "city": r.choice(["oslo", "lima", "pune"], n),
+        })
+
+    return frame(ref_rows, 0, 0.0), frame(cur_rows, 10 * ref_rows, 1.0)
+
+
+LEFT_OUT = {"row_id": "every value distinct", "request_id": "every value distinct",
+            "order_id": "every value distinct", "created_at": "datetime values",
+            "created_at_text": "datetime values", "day": "datetime values"}
+FEATURES = ["x", "income", "visits", "city"]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_identifier_and_timestamp_columns_are_left_out_and_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+    reference, current = with_identifiers(5_000, 400, 31)
+    assert current["income"].is_unique and not reference["income"].is_unique  # a feature, distinct here by chance
+    ref, cur = write(reference, tmp_path / f"ref{suffix}"), write(current, tmp_path / f"cur{suffix}")
+    rc, out, err = cli(capsys, "--reference", ref, "--current", cur, "--format", "json")
+    assert rc == 0
+    assert [f["feature"] for f in json.loads(out)["features"]] == FEATURES
+    m = re.fullmatch(r"driftline evaluate: left out 6 columns that look like identifiers or timestamps: (.*); "
+                     r"to compare them too, name every column to compare: --columns (\S+)\n", err)
+    assert m, err
+    assert dict(re.findall(r"(\w+) \(([^)]*)\)", m[1])) == LEFT_OUT
+    # the --columns it suggests compares every column
+    rc, out, err = cli(capsys, "--reference", ref, "--current", cur, "--format", "json", "--columns", m[2])
+    assert rc == 0 and err == ""
+    assert {f["feature"] for f in json.loads(out)["features"]} == {*FEATURES, *LEFT_OUT}
+
+    # a reference profile decides as its data does
+    assert main(["reference", "build", "--data", str(ref), "--out", str(tmp_path / "ref.dlref"), "--quiet"]) == 0
+    capsys.readouterr()
+    rc, out, err = cli(capsys, "--reference", tmp_path / "ref.dlref", "--current", cur, "--format", "json")
+    assert rc == 0 and [f["feature"] for f in json.loads(out)["features"]] == FEATURES
+    assert "left out 6 columns" in err
+
+
+def test_a_column_an_option_names_is_kept_and_only_ids_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reference, current = with_identifiers(2_000, 300, 32)
+    ref, cur = write(reference, tmp_path / "ref.parquet"), write(current, tmp_path / "cur.parquet")
+    rc, out, err = cli(capsys, "--reference", ref, "--current", cur, "--format", "json", "--categorical", "request_id",
+                       "--per-column-threshold", "row_id=0.3")
+    assert rc == 0
+    assert [f["feature"] for f in json.loads(out)["features"]] == ["row_id", "request_id", *FEATURES]
+    assert "left out 4 columns" in err and "request_id" not in err.split(";")[0]
+
+    ids = ["row_id", "request_id", "created_at"]
+    write(reference[ids], tmp_path / "ids-ref.parquet")
+    write(current[ids], tmp_path / "ids-cur.parquet")
+    rc, out, err = cli(capsys, "--reference", tmp_path / "ids-ref.parquet", "--current", tmp_path / "ids-cur.parquet")
+    assert rc == 1 and out == ""
+    assert ("--columns: every column both files have looks like an identifier or a timestamp "
+            "(row_id, request_id, created_at); name the columns to compare with --columns") in err
+
+
+# -- --html: the drill-down report of the file --------------------------------------------------
+
+def test_html_writes_evidentlys_report_of_the_file_with_the_same_verdicts(pipeline_files: dict[str, Path]) -> None:
+    page = pipeline_files["dir"] / "report.html"
+    done = run_driftline("--reference", pipeline_files["train"], "--current", pipeline_files["shifted"],
+                         "--prediction-column", "prediction", "--format", "json", "--html", page)
+    assert done.returncode == 0, done.stderr
+    ours = json.loads(done.stdout)
+    text = page.read_text(encoding="utf-8")
+    assert text.lstrip().startswith("<!DOCTYPE html>")
+    assert "<title>driftline evaluate: shifted.parquet against train.parquet</title>" in text
+    # Evidently's own summary line, in the page's data: its count is driftline's
+    m = re.search(r"Drift is detected for [0-9.]+% of columns \((\d+) out of (\d+)\)", text)
+    assert m, "no drift summary in the page"
+    assert (int(m[1]), int(m[2])) == (len(ours["drifted_features"]), len(ours["features"]))
+    for name in ours["drifted_features"]:
+        assert f'"{name}"' in text
+
+
+def test_html_without_evidently_says_what_to_install(pipeline_files: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # an interpreter where `import evidently` fails, as without the reports extra
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['evidently'] = None\n")
+    done = subprocess.run([sys.executable, "-m", "driftline.service.cli", "evaluate", "--reference",
+                           str(pipeline_files["train"]), "--current", str(pipeline_files["stable"]), "--html",
+                           str(tmp_path / "r.html")], capture_output=True, text=True, timeout=120,
+                          env={"DO_NOT_TRACK": "1", "PATH": "", "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 1 and done.stdout == ""  # before any work
+    assert done.stderr.strip() == ("driftline evaluate: --html: reports need Evidently, which is not installed: "
+                                   "pip install 'driftline[reports]'")
+    # the worker that renders reports says the same when it cannot import Evidently
+    from driftline.service.report import ReportRenderer, ReportUnavailable
+
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(ReportUnavailable, match=r"pip install 'driftline\[reports\]'"), ReportRenderer() as r:
+        r.start()

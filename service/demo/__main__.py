@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Tansu broker on {broker.bootstrap}, topic {TOPIC} (3 partitions)")
 
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        env = {**os.environ, "DRIFTLINE_WEBHOOK_SECRET": secret, "DO_NOT_TRACK": "1"}
+        token = secrets.token_urlsafe(18)  # the API's bearer token: reports show serving data
+        env = {**os.environ, "DRIFTLINE_WEBHOOK_SECRET": secret, "DRIFTLINE_API_TOKEN": token, "DO_NOT_TRACK": "1"}
         receiver_port = free_port()
         receiver_log = open(run / "receiver.log", "wb")  # noqa: SIM115
         procs.append(subprocess.Popen(
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
         port = args.port or free_port()
         config: dict[str, Any] = {
-            "service": {"listen": f"127.0.0.1:{port}", "state_path": str(run / "state.sqlite")},
+            "service": {"listen": f"127.0.0.1:{port}", "state_path": str(run / "state.sqlite"),
+                        "api_token_env": "DRIFTLINE_API_TOKEN"},
             "monitors": [monitor_config(
                 MONITOR, broker.bootstrap, TOPIC, ref,
                 kafka={"auto_offset_reset": "latest"},
@@ -143,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         say("driftline is running. Look at:")
         say(f"  metrics      {api}/metrics")
         say(f"  status API   {api}/api/v1/monitors")
+        say(f"  history      {api}/api/v1/monitors/{MONITOR}/windows")
         say(f"  readiness    {api}/readyz")
         say(f"  config       {cfg}")
         say(f"  logs         {run}/driftline.log, {run}/receiver.log")
         say(f"producer: {args.rate:.0f} events/s; {', '.join(shift)} shift after {args.shift_after:.0f}s. "
             "Ctrl-C stops everything.")
-        started, last, last_said = time.monotonic(), None, 0.0
+        started, last, last_said, shown = time.monotonic(), None, 0.0, False
         while not stop.is_set():
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 break
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             if line and line != last and (not waiting or time.monotonic() - last_said >= 5):
                 say(line)
                 last, last_said = line, time.monotonic()
+            if not shown and line and "dataset drift YES" in line:
+                shown = _show_report(api, token)
             stop.wait(1.0)
         return 0
     except KeyboardInterrupt:
@@ -175,6 +180,20 @@ def main(argv: list[str] | None = None) -> int:
             _stop(proc)
         broker.stop()
         say("stopped everything the demo started")
+
+
+def _show_report(api: str, token: str) -> bool:
+    """Print the command that fetches the latest drifted window's drill-down report."""
+    try:
+        with urllib.request.urlopen(f"{api}/api/v1/monitors/{MONITOR}", timeout=2) as resp:
+            w = json.load(resp)["latest_window"]
+    except (OSError, KeyError, TypeError):
+        return False
+    if not w or not w.get("report"):
+        return False
+    say("the drifted window's drill-down report (Evidently's HTML, rendered on demand in a few seconds):")
+    say(f"  curl -H 'Authorization: Bearer {token}' -o report.html {api}{w['report']}")
+    return True
 
 
 def _tee(proc: subprocess.Popen[bytes], log: Any) -> None:
