@@ -163,3 +163,28 @@ def test_damaged_profiles_start_the_windows_over_instead_of_stopping(tmp_path: P
         assert again.adopt({0: (0, "")}) == {0: 0}
     assert "cannot be read" in caplog.text
     assert np.isclose(again.windows.open_events(), 0)
+
+
+def test_the_history_stays_bounded_by_count_and_age_and_keeps_the_latest_samples(tmp_path: Path) -> None:
+    from driftline.service.store import Retention
+
+    store = Store(tmp_path / "state.sqlite", Retention(windows=5, max_age=100.0, samples=2))
+
+    def rows(starts: range) -> list[ResultRow]:
+        return [ResultRow("10s", t, t + 10, 3, "evaluated", False, 0.0, json.dumps({"window_start": t}),
+                          f"10s-{t}", b"sample-%d" % t) for t in starts]
+
+    store.save_state("m", {}, {}, set(), rows(range(0, 40, 10)), now=0.0)
+    store.save_state("m", {}, {}, set(), rows(range(40, 80, 10)), now=50.0)
+    history = store.history("m", 100)
+    assert [wid for wid, _, _ in history] == ["10s-70", "10s-60", "10s-50", "10s-40", "10s-30"]  # the latest 5
+    assert [has for _, _, has in history] == [True, True, False, False, False]  # samples of the latest 2
+    assert store.window("m", "10s-70") == (json.dumps({"window_start": 70}), b"sample-70")
+    assert store.window("m", "10s-50") == (json.dumps({"window_start": 50}), None)
+    assert store.window("m", "10s-0") is None
+    assert [w for w, _, _ in store.history("m", 2, before="10s-60")] == ["10s-50", "10s-40"]
+    store.save_state("m", {}, {}, set(), rows(range(80, 90, 10)), now=120.0)  # 100 s after the first four
+    assert [w for w, _, _ in store.history("m", 100)] == ["10s-80", "10s-70", "10s-60", "10s-50", "10s-40"]
+    store.save_state("m", {}, {}, set(), rows(range(90, 100, 10)), now=151.0)  # those of t=50 are too old now
+    assert [w for w, _, _ in store.history("m", 100)] == ["10s-90", "10s-80"]
+    assert store._db.execute("SELECT count(*) FROM window_samples").fetchone()[0] == 2
