@@ -239,8 +239,8 @@ class Monitor:
         if self.windows.started_over:
             started, self.windows.started_over = self.windows.started_over, []
             for w in started:
-                log.warning("monitor %s: window %s starts over: it holds only the events read from the committed "
-                            "offsets on (those before were read by another instance)", self.name, w)
+                log.warning("monitor %s: window %s holds only the events read from the committed offsets on: any "
+                            "of it read before, by the instance before, are not in it", self.name, w)
         self._consumed.inc(records)
         self._consumed_n += records
         if late:

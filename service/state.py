@@ -30,6 +30,7 @@ from .windows import Snapshot, TumblingWindows, describe
 log = logging.getLogger("driftline.monitor")
 
 STATE_VERSION = 2
+MAX_OPEN_IN_METADATA = 16  # windows in progress named in the commit metadata (beyond: none)
 
 
 class MonitorState:
@@ -85,8 +86,13 @@ class MonitorState:
         if saved is None:
             return {}
         store = self._store.store_id if self._store is not None else ""
+        # the windows in progress, so that a reader without this state file can say which ones
+        # start over (a few dozen bytes; Kafka keeps commit metadata, the local broker does not)
+        summary = saved["windows"].get("summary", {})
+        in_progress = {"open": summary} if len(summary) <= MAX_OPEN_IN_METADATA else {}
         metadata = json.dumps({"driftline": STATE_VERSION, "store": store, "seq": saved["seq"],
-                               "closed": saved["windows"].get("closed_index")}, separators=(",", ":"))
+                               "closed": saved["windows"].get("closed_index"), **in_progress},
+                              separators=(",", ":"))
         redo = {int(p): o for p, o in saved["redo_from"].items()}
         return {int(p): (min(o, redo.get(int(p), o)), metadata) for p, o in saved["windows"]["positions"].items()}
 
@@ -149,9 +155,13 @@ class MonitorState:
                             f"these windows start over: {'; '.join(dropped)}" if dropped
                             else "no window was in progress", _fmt(starts))
             elif any(c is not None for c in committed.values()):
+                named = _open_of(committed)
                 log.warning("monitor %s: no checkpoint of it in this state file: reading from the committed "
-                            "offsets %s; a window in progress there starts over, with the events from them on",
-                            self.name, _fmt(starts))
+                            "offsets %s; %s", self.name, _fmt(starts),
+                            f"the windows in progress at the instance before start over here with the events from "
+                            f"them on (it keeps the events it read of them): {'; '.join(named)}" if named else
+                            "a window in progress at the instance before (the broker did not keep which) starts "
+                            "over here with the events from them on")
             else:
                 log.info("monitor %s: a new consumer group: reading from kafka.auto_offset_reset", self.name)
         self.windows.assign(starts)
@@ -195,6 +205,20 @@ def _closed_of(got: tuple[int, str] | None) -> int | None:
         return int(d["closed"]) if d.get("driftline") == STATE_VERSION and d.get("closed") is not None else None
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _open_of(committed: dict[int, tuple[int, str] | None]) -> list[str]:
+    """The windows in progress that a committed offset's metadata names (its reader's)."""
+    for got in committed.values():
+        if got is None or not got[1].startswith("{"):
+            continue
+        try:
+            d = json.loads(got[1])
+            if d.get("driftline") == STATE_VERSION and d.get("open"):
+                return [describe(*w) for w in sorted(d["open"].values())]
+        except (ValueError, TypeError):
+            continue
+    return []
 
 
 def _fmt(offsets: dict[int, Any]) -> str:

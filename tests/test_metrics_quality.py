@@ -52,6 +52,12 @@ class View:
     def ready(self) -> bool:
         return True
 
+    def role(self) -> str:
+        return "active"
+
+    def rejecting(self) -> bool:
+        return False
+
 
 def registry(result: WindowResult | None) -> CollectorRegistry:
     reg = CollectorRegistry()

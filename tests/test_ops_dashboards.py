@@ -82,6 +82,21 @@ def test_dashboard_structure_grafana_loads(path: Path) -> None:
             assert v["query"]["query"] == v["definition"]
 
 
+def test_the_drift_panels_link_the_latest_windows_report() -> None:
+    """Each drift panel's series link to the drill-down report of the latest window of their
+    horizon, on the API the `api_url` variable names (what the alerts' `report` does too)."""
+    d = by_uid()["driftline-monitor"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["api_url"]["type"] == "textbox"
+    linked = {p["title"] for p in panels(d)
+              for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])
+              if link["url"] == "${api_url}/api/v1/monitors/${monitor}/windows/latest/report?horizon="
+                                "${__field.labels.horizon}"}
+    assert {"Dataset drift", "Drifted features", "Drift verdict per feature", "Drift score per feature"} <= linked
+    [score] = [p for p in panels(d) if p["title"] == "Drift score per feature"]
+    assert any("driftline_feature_drift_threshold" in t["expr"] for t in score["targets"])
+
+
 def test_dashboard_links_point_at_existing_dashboards() -> None:
     dashboards = by_uid()
     for d in dashboards.values():

@@ -267,6 +267,9 @@ def dashboard_variables(live: Live, dashboard: dict[str, Any], choices: dict[str
     for name, var in variables_of(dashboard).items():
         if var["type"] == "datasource":
             continue
+        if var["type"] == "textbox":  # (the API's address, for the report links)
+            resolved[name] = var["query"]
+            continue
         options = label_values(live, var["definition"], resolved)
         assert options, f"variable {name}: {var['definition']} has no values"
         chosen = (choices or {}).get(name) or options

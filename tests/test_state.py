@@ -116,6 +116,23 @@ def test_a_checkpoint_behind_the_committed_offsets_starts_the_windows_over(tmp_p
     assert add(again.windows, [(0, 40, 35.0, 0.0, "a")]) == 1  # window 3 was closed by the other instance
 
 
+def test_without_the_state_file_the_log_names_the_windows_the_reader_before_had_in_progress(
+        tmp_path: Path, caplog) -> None:
+    """A standby on its own volume: the committed offset's metadata names the windows in progress
+    at the instance before (Kafka keeps it; the local test broker does not)."""
+    before = state(Store(tmp_path / "a.sqlite"), FakeClock(0.0))
+    before.adopt({0: None})
+    add(before.windows, [(0, i, 11.0 + i, 1.0, "a") for i in range(5)])
+    before.save([], {}, force=True)
+    offset, metadata = before.committable()[0]
+    standby = state(Store(tmp_path / "b.sqlite"), FakeClock(0.0))
+    with caplog.at_level(logging.WARNING, logger="driftline.monitor"):
+        assert standby.adopt({0: (offset, metadata)}) == {0: 5}
+    assert "no checkpoint of it in this state file" in caplog.text
+    assert "1970-01-01 00:00:10..1970-01-01 00:00:20 (5 events)" in caplog.text  # the bucket
+    assert "1970-01-01 00:00:00..1970-01-01 00:00:30 (0 events)" not in caplog.text  # (no horizon window yet)
+
+
 def test_a_checkpoint_for_other_features_or_windows_is_not_taken_up(tmp_path: Path, caplog) -> None:
     path = tmp_path / "state.sqlite"
     s = state(Store(path), FakeClock(0.0))
