@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install lint bench clean ops-tools
+.PHONY: test unit demo install lint bench clean ops-tools
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=...)"; exit 1; }
@@ -35,8 +35,15 @@ ops-tools:
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkgs \
 		|| echo "ops-tools: could not install$$pkgs (missing:$$missing)"
 
+# most of the suite waits on brokers, services and wall-clock windows: two workers (pytest-xdist),
+# each test file whole on one of them (its fixtures set up once); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 test: $(STAMP) ops-tools
-	DO_NOT_TRACK=1 $(PY) -m pytest $(PYTEST_ARGS)
+	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# the inner loop: everything but the tests that start a broker or a service (tests/conftest.py)
+unit: $(STAMP)
+	DO_NOT_TRACK=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -183,9 +183,11 @@ def main() -> int:
     ap.add_argument("--events-per-bucket", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", metavar="DIR", help="keep the configs, state files and service logs in DIR")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.keep or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         reference = workdir / "ref.dlref"
         save_profile(build_profile(write_training_data(workdir / "train.parquet")), reference)
         broker = LocalBroker(log_path=workdir / "tansu.log").start()

@@ -67,6 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("kafka").setLevel(logging.ERROR if settings.service.log_level != "DEBUG" else logging.INFO)
     logging.getLogger("kafka.cluster").addFilter(_not_a_cancelled_refresh)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.scheduler").addFilter(_not_a_skipped_tick)
     try:
         service = Service(settings, secrets)
     except MonitorSetupError as exc:
@@ -230,6 +231,14 @@ def _not_a_cancelled_refresh(record: logging.LogRecord) -> bool:
 
     return not (record.msg == "Metadata refresh: failed %s" and isinstance(record.args, tuple)
                 and len(record.args) == 1 and isinstance(record.args[0], Cancelled))
+
+
+def _not_a_skipped_tick(record: logging.LogRecord) -> bool:
+    """APScheduler logs a WARNING each time a job's tick comes while its previous run is still
+    going (apscheduler/schedulers/base.py, `_process_jobs`): every `evaluation_interval` while a
+    backlog's windows are evaluated. The jobs run one at a time by design (max_instances=1) and
+    the next tick evaluates whatever is still due: nothing is skipped that matters. Drop it."""
+    return "maximum number of running instances reached" not in str(record.msg)
 
 
 def main(argv: list[str] | None = None) -> int:

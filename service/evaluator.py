@@ -70,8 +70,19 @@ class Evaluator:
                     self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
             log.info("monitor %s %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
-                     self.name, horizon, _fmt(result.window_start), _fmt(result.window_end), result.events,
+                     self.name, horizon, *_span(result.window_start, result.window_end), result.events,
                      result.status.value, result.drift_share, drifted)
+
+    def seed(self, results: list[WindowResult]) -> None:
+        """Stored results (the last ones before a restart or a takeover) shown as the latest
+        until newer windows are evaluated; never replacing a newer one."""
+        with self._lock:
+            for result in sorted(results, key=lambda r: -r.evaluated_at):
+                if result.horizon not in self.horizons:
+                    continue
+                self._latest.setdefault(result.horizon, result)
+                if result.status is WindowStatus.EVALUATED:
+                    self._latest_evaluated.setdefault(result.horizon, result)
 
     def _newer(self, result: WindowResult, latest: WindowResult | None) -> bool:
         """Whether `result` may replace `latest` (count windows come in order; their ends are
@@ -87,5 +98,12 @@ class Evaluator:
             return self._latest_evaluated.get(horizon or self.horizons[0])
 
 
-def _fmt(t: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(t)) if t == t else "?"
+def _span(start: float, end: float) -> tuple[str, str]:
+    """A window's start and end as the log shows them: times of day, with the dates when the
+    window is a day or longer (a `1d` horizon would read 00:00:00..00:00:00)."""
+    form = "%Y-%m-%d %H:%M:%S" if end - start >= 86400 else "%H:%M:%S"
+
+    def fmt(t: float) -> str:
+        return time.strftime(form, time.gmtime(t)) if t == t else "?"
+
+    return fmt(start), fmt(end)

@@ -25,7 +25,7 @@ from .config import MonitorSettings
 from .drift import ColumnKind, default_method, get_method
 from .evaluation import WindowResult, result_json
 from .evaluator import Evaluator
-from .history import result_id
+from .history import result_from_json, result_id
 from .invalid import InvalidEvents
 from .metrics import EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .profile import WindowProfile
@@ -115,6 +115,7 @@ class Monitor:
         signature = {"features": [[n, kinds[n].value] for n in self.feature_names],
                      "prediction": self._prediction_kind.value if self._prediction_kind else None,
                      "window": [w.type, w.size, list(w.horizons)], "budget": template.budget}
+        self._store = store
         self.state = MonitorState(self.name, settings.kafka.topic, self.windows, store, signature,
                                   settings.kafka.commit_interval, clock)
         self.evaluator = Evaluator(settings, self.feature_names, lambda: self._reference, metrics, trigger)
@@ -269,7 +270,23 @@ class Monitor:
             starts = self.state.adopt(committed)
             if self.evaluator.trigger is not None and "streak" in self.state.extra:
                 self.evaluator.trigger.streak = int(self.state.extra["streak"])
+            self._seed_latest()
             return starts
+
+    def _seed_latest(self) -> None:
+        """The last stored results of each horizon become the latest shown (the status API, the
+        gauges) until newer windows close: a restart or a takeover does not blank the
+        dashboards for a window's length. Results of other features (the config changed) are not."""
+        if self._store is None:
+            return
+        stored: list[WindowResult] = []
+        for horizon in self.horizons:
+            try:
+                rows = self._store.latest_results(self.name, horizon)
+                stored.extend(result_from_json(self.name, wid, text) for wid, text in rows)
+            except Exception:  # the history is a convenience here: never fail an assignment for it
+                log.exception("monitor %s: the latest stored results could not be read", self.name)
+        self.evaluator.seed([r for r in stored if tuple(f.feature for f in r.features) == self.feature_names])
 
     def release(self) -> dict[int, tuple[int, str]]:
         """The partitions are being revoked (a rebalance, or shutdown): evaluate what is

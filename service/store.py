@@ -247,6 +247,16 @@ class Store:
                 (monitor, limit)).fetchall()
         return [(ResultRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]), r[8]) for r in rows]
 
+    def latest_results(self, monitor: str, horizon: str) -> list[tuple[str, str]]:
+        """(window id, result JSON) of a horizon's latest recorded window and of its latest
+        evaluated one (one row when that is the same window; none without history)."""
+        with self._lock:
+            rows = [self._db.execute(
+                "SELECT window_id, result FROM window_results WHERE monitor = ? AND horizon = ?" + only +
+                " ORDER BY id DESC LIMIT 1", (monitor, horizon)).fetchone()
+                for only in ("", " AND status = 'evaluated'")]
+        return list(dict.fromkeys((r[0], r[1]) for r in rows if r is not None))
+
     def has_message(self, message_id: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone() is not None

@@ -77,3 +77,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.when == "call":
         item.rep_call = rep  # type: ignore[attr-defined]
     return rep
+
+
+# what a test needs that `make unit` leaves out: a broker, a `driftline run` process
+_SERVERS = {"broker", "topic", "services"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a broker or a service are `integration` wherever they are (`make unit`
+    runs the others: `pytest -m "not integration"`)."""
+    for item in items:
+        if _SERVERS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -115,6 +115,18 @@ def test_history_reports_and_their_links(services, tmp_path: Path, broker, topic
             else max(f["threshold"], f["noise_floor"])
         assert thresholds[f["feature"]] == pytest.approx(expected), f
 
+    # a restart shows the last windows at once (status API and gauges), before any new one closes
+    scores = {labels: v for (name, labels), v in svc.samples().items() if name == "driftline_feature_drift_score"}
+    svc.stop()
+    svc.start()
+    wait_until(lambda: svc.monitor("credit-risk")["latest_window"] is not None, 60, what="the latest window shown")
+    shown = svc.monitor("credit-risk")
+    assert shown["latest_window"]["id"] == windows[0]["id"] and shown["latest_window"]["dataset_drift"]
+    assert shown["latest_window"]["drifted_features"] == windows[0]["drifted_features"]
+    assert {labels: v for (name, labels), v in svc.samples().items()
+            if name == "driftline_feature_drift_score"} == scores
+    assert svc.sample("driftline_windows_total", monitor="credit-risk", status="evaluated") in (None, 0)
+
 
 def test_events_the_service_cannot_read_are_visible(services, tmp_path: Path, broker, reference_path) -> None:
     """A time format without a zone makes every event invalid: the log says why, once a
