@@ -148,6 +148,15 @@ def test_noise_floors_are_built_from_the_data_alone_and_kept_in_the_profile(tmp_
         assert col.noise is not None
         for other in (again, loaded):
             assert other.columns[name].noise == col.noise, name
+    # the whole-row windows' levels too: every column, every measure its noise table has
+    assert built.joint is not None and loaded.joint is not None and again.joint is not None
+    assert loaded.joint.sizes == built.joint.sizes == (100, 316, 1_000)
+    for name, col in built.columns.items():
+        assert col.noise is not None and set(built.joint.codes[name]) == col.noise.measures(), name
+        for measure, codes in built.joint.codes[name].items():
+            assert codes.shape == (3, built.joint.windows) and codes.dtype == np.uint8
+            assert np.array_equal(loaded.joint.codes[name][measure], codes)
+            assert np.array_equal(again.joint.codes[name][measure], codes)  # row order does not matter
     numerical, categorical = built.columns["amount"].noise, built.columns["segment"].noise
     assert numerical is not None and categorical is not None
     assert {"wasserstein", "ks_statistic", "jensenshannon", "cohens_d"} <= numerical.measures()
@@ -163,7 +172,8 @@ def test_a_format_1_profile_loads_with_calibration_unavailable_and_says_so(
     save_profile(build_profile(tmp_path / "t.parquet", calibrate=False), tmp_path / "v2.dlref")
     entries = _entries(tmp_path / "v2.dlref")
     header = json.loads(entries["header.json"])
-    assert header["format_version"] == 2 and "noise_sha256" not in header and "noise.json" not in entries
+    assert header["format_version"] == 3 and "noise_sha256" not in header and "noise.json" not in entries
+    assert "joint" not in header and "joint.npy" not in entries
     header["format_version"] = 1
     entries["header.json"] = json.dumps(header).encode()
     with caplog.at_level(logging.WARNING):
