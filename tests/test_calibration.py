@@ -169,7 +169,9 @@ def test_without_drift_few_features_and_almost_no_window_are_flagged(
             result = evaluate_window(window, reference, st, FEATURES)
             flagged[mode] += len(result.drifted_features)
             dataset[mode] += result.dataset_drift
-    assert result.false_alarm_level_basis == "whole rows" and result.false_alarm_level == pytest.approx(0.005)
+    # the dataset's rate allows more for these features: the level is the features' cap, half of their 1%
+    assert result.false_alarm_level_basis == "whole rows"
+    assert result.false_alarm_level == pytest.approx(calibrated.drift.feature_false_alarm_rate / 2)
     features = 1_000 * len(FEATURES)
     assert flagged["on"] <= 0.01 * features and dataset["on"] <= 1, (flagged, dataset)
     if size == 100:  # the test has teeth: Evidently's plain thresholds flag far more

@@ -200,3 +200,24 @@ def test_tampered_noise_floors_are_refused(tmp_path: Path, frame: pd.DataFrame) 
     del entries["noise.json"]
     with pytest.raises(ReferenceError, match="noise floors missing"):
         load_profile(_write(tmp_path / "gone.dlref", entries))
+
+
+def test_whole_row_windows_are_tamper_evident_and_a_format_2_profile_loads_without_them(
+        tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    save_profile(build_profile(tmp_path / "t.parquet"), tmp_path / "r.dlref")
+    entries = _entries(tmp_path / "r.dlref")
+    joint = bytearray(entries["joint.npy"])
+    joint[-1] ^= 0xFF  # one window's level changed
+    with pytest.raises(ReferenceError, match="whole-row windows hash mismatch"):
+        load_profile(_write(tmp_path / "bad.dlref", {**entries, "joint.npy": bytes(joint)}))
+    gone = {n: data for n, data in entries.items() if n != "joint.npy"}
+    with pytest.raises(ReferenceError, match="whole-row windows missing"):
+        load_profile(_write(tmp_path / "gone.dlref", gone))
+    # format 2: noise floors, no whole-row windows (the service then uses the bound for any correlation)
+    header = json.loads(entries["header.json"])
+    del header["joint"]
+    header["format_version"] = 2
+    old = load_profile(_write(tmp_path / "v2.dlref", {**gone, "header.json": json.dumps(header).encode()}))
+    assert old.calibration_note is None and old.joint is None
+    assert all(c.noise == load_profile(tmp_path / "r.dlref").columns[n].noise for n, c in old.columns.items())
