@@ -15,7 +15,11 @@ summarised by the tail of their distribution, and looked up at evaluation time:
   tail, which bounds them from above. A heavy-tailed column's small windows are different (one
   large value moves a Wasserstein distance or a mean a lot): their measure has a heavy tail of
   its own, which the fitted shape then follows. Checked against 100,000 simulated windows
-  (bench/bench_calibration.py --only tails).
+  (bench/bench_calibration.py --only tails, 25 fits of a build's size each, Wasserstein, KS
+  and Jensen-Shannon on normal, lognormal, integer and 2- to 50-category data at 100 and 1,000
+  values): at q = 1 in 200 and 1 in 1,000 the windows above the fitted floor are 0.32 to 1.12
+  times q on average, one fit at worst 2.1 times (hence `level.py`'s margin), the floors at
+  most 9% above the exact quantile.
 - **Window size.** A window of n values scored against a reference of N values has the noise
   of both samples: for these measures it scales with 1/n + 1/N, so the floor of a window of
   n values is the simulated one at n_eff = n·N / (n + N) (log-log interpolation between the
