@@ -26,6 +26,9 @@ so the baseline costs no Evidently run and is measured on the very same windows.
 5. **A small heavy-tailed reference** (--only heavy): a lognormal column, 2,000 training rows,
    windows of 100 new events without drift, several references: the share flagged against the
    feature's level, as a one-feature monitor (its level is `false_alarm_rate`) at 0.001 and 0.005.
+6. **Where the dataset's rate binds** (--only binding): 12 features with drift_share 0.1, whose
+   level the dataset's rate sets (not the features' cap): windows declared dataset drift without
+   drift at 100, 500 and 2,000 events (--windows 10000 to resolve 1 in 1,000).
 """
 
 from __future__ import annotations
@@ -212,6 +215,20 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
               f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {delay:>46}")
 
 
+def binding(ref: ReferenceProfile, workdir: Path, count: int) -> None:
+    """12 correlated features, drift_share 0.1 (two drifted are dataset drift): the dataset's rate,
+    not the features' cap, sets the level; windows without drift declared dataset drift."""
+    st = settings(workdir, drift_share=0.1)
+    for size in (100, 500, 2_000):
+        dataset = flagged = 0
+        for w in windows(Population(), size, count, seed=4242 + size):
+            r = evaluate_window(w, ref, st, FEATURES)
+            dataset += r.dataset_drift
+            flagged += len(r.drifted_features)
+        print(f"  {size:>6,} events: level {r.false_alarm_level:.2g} ({r.false_alarm_level_basis}), dataset drift in "
+              f"{dataset} of {count:,} windows, {100 * flagged / (count * len(FEATURES)):.3f}% of features flagged")
+
+
 def heavy(workdir: Path, references: int, count: int) -> None:
     """A lognormal column, 2,000 training rows, 100-event windows of new data without drift."""
     print(f"  {'level':>6}  {'flagged / level: mean over references':>38}  {'median':>6}  {'worst':>6}"
@@ -239,14 +256,14 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=1_000, help="windows per size without drift")
     ap.add_argument("--sequences", type=int, default=20, help="sequences per drift scenario and size")
     ap.add_argument("--tails", action="store_true", help="also check the fitted tails and the n^-1/2 law")
-    ap.add_argument("--only", nargs="+", choices=("table", "tails", "levels", "heavy"),
+    ap.add_argument("--only", nargs="+", choices=("table", "tails", "levels", "binding", "heavy"),
                     help="only these sections (table: 1 and 2)")
     ap.add_argument("--heavy-windows", type=int, default=20_000, help="windows per reference in section 5")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/driftline-bench-calibration"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    only = set(args.only or ("table", "levels", "heavy", *(("tails",) if args.tails else ())))
+    only = set(args.only or ("table", "levels", "binding", "heavy", *(("tails",) if args.tails else ())))
     for rows in (20_000, 800) if "table" in only else ():
         ref = reference(rows, args.workdir)
         methods = sorted({evaluate_window(w, ref, settings(args.workdir), FEATURES).features[i].method or ""
@@ -266,6 +283,10 @@ def main() -> int:
         print(f"4. the level by monitor (reference of 20,000 rows; {args.windows:,} windows a size without drift, "
               f"{args.sequences} sequences of slow drift)")
         levels(reference(20_000, args.workdir), args.workdir, args.windows, args.sequences)
+        print()
+    if "binding" in only:
+        print(f"6. where the dataset's rate binds: 12 features, drift_share 0.1, {args.windows:,} windows a size")
+        binding(reference(20_000, args.workdir), args.workdir, args.windows)
         print()
     if "heavy" in only:
         print(f"5. a small heavy-tailed reference: lognormal, 2,000 rows, 10 references x {args.heavy_windows:,} "
