@@ -1,6 +1,6 @@
 """Benchmark: false alarms and detection delays, Evidently's plain thresholds vs driftline's calibrated ones.
 
-    .venv/bin/python bench/bench_calibration.py [--windows 1000] [--sequences 20] [--tails]
+    .venv/bin/python bench/bench_calibration.py [--windows 1000] [--sequences 20] [--tails] [--only SECTION ...]
 
 Data from tests/simulation.py: a dozen features of the shapes serving data has (normal, skewed,
 heavy-tailed, counts, rounded values with ties, 40% missing, binary, 4, 5 and 30 categories, two
@@ -15,10 +15,20 @@ so the baseline costs no Evidently run and is measured on the very same windows.
    then drift (abrupt: from the fourth window on; gradual: growing every window): per drifted
    feature, the first window from the drift's onset each flags; the delay is driftline's
    first minus Evidently's.
-3. With --tails (--only-tails): the fitted tails (noise.TailFit from 400 or 1,000 windows, as a
-   build draws them; 25 fits each) against the quantiles of 100,000 simulated windows, and the
+3. With --tails (--only tails): the fitted tails (noise.TailFit from as many windows as a build
+   draws at that size; 25 fits each) against the quantiles of 100,000 simulated windows, and the
    n^-1/2 law carrying the empirical-CDF floors from 3,162 to 10,000 values against a direct
    simulation at 10,000.
+4. **The level by monitor** (--only levels): the per-feature level each monitor gets (from the
+   whole-row windows, or Markov's bound), its false alarms without drift at 100 and 1,000
+   events, and how late a slow drift (0.02 sd a window on `normal`, 1,000-event windows) is
+   flagged: where the dataset's false-alarm target forces a level low enough to cost delay.
+5. **A small heavy-tailed reference** (--only heavy): a lognormal column, 2,000 training rows,
+   windows of 100 new events without drift, several references: the share flagged against the
+   feature's level, as a one-feature monitor (its level is `false_alarm_rate`) at 0.001 and 0.005.
+6. **Where the dataset's rate binds** (--only binding): 12 features with drift_share 0.1, whose
+   level the dataset's rate sets (not the features' cap): windows declared dataset drift without
+   drift at 100, 500 and 2,000 events (--windows 10000 to resolve 1 in 1,000).
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.simulation, run from anywhere
 
+import pandas as pd
+from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
-from tests.simulation import FEATURES, Population, settings, windows
+from tests.simulation import FEATURES, ArrayWindow, Population, settings, windows
 
 SIZES = (100, 500, 1_000, 2_000, 5_000)
 ABRUPT = {"small": {"normal": 0.15, "rounded": 0.15, "few": 0.3},
@@ -52,6 +64,10 @@ def reference(rows: int, workdir: Path) -> ReferenceProfile:
 
 def false_alarms(ref: ReferenceProfile, workdir: Path, count: int) -> None:
     off, on = settings(workdir, calibration="off"), settings(workdir)
+    [w] = windows(Population(), 100, 1, seed=0)
+    r = evaluate_window(w, ref, on, FEATURES)
+    print(f"  level {r.false_alarm_level:.3g} per feature ({getattr(r, 'false_alarm_level_basis', None)}), "
+          f"{len(FEATURES)} features, drift_share 0.5")
     print(f"  {'window':>7}  {'Evidently: features flagged':>28}  {'dataset drift':>14}  "
           f"{'driftline: features flagged':>28}  {'dataset drift':>14}")
     for size in SIZES:
@@ -67,12 +83,14 @@ def false_alarms(ref: ReferenceProfile, workdir: Path, count: int) -> None:
 
 
 def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, float]], size: int,
-                seed: int) -> dict[str, tuple[int | None, int | None]]:
+                seed: int, features: tuple[str, ...] = FEATURES, drift_share: float = 0.5,
+                shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None]]:
     verdicts: dict[str, dict[str, list[bool]]] = {"off": {}, "on": {}}
     for i, shift in enumerate(shifts):
-        [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i)
+        [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i, features=features)
         for mode in ("off", "on"):
-            for f in evaluate_window(w, ref, settings(workdir, calibration=mode), FEATURES).features:
+            st = settings(workdir, features=features, calibration=mode, drift_share=drift_share)
+            for f in evaluate_window(w, ref, st, features).features:
                 verdicts[mode].setdefault(f.feature, []).append(f.drifted)
 
     onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
@@ -80,7 +98,7 @@ def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, flo
     def first(flags: list[bool]) -> int | None:  # from the drift's onset: a flag before it is a false alarm
         return next((i - onset for i, f in enumerate(flags) if f and i >= onset), None)
 
-    names = {n for s in shifts for n in s}
+    names = shifted or {n for s in shifts for n in s}
     return {n: (first(verdicts["off"][n]), first(verdicts["on"][n])) for n in sorted(names)}
 
 
@@ -125,12 +143,12 @@ def tails() -> None:
     print(f"  {'column':<22} {'measure':<14} {'window':>6}  {'level':>7}  {'fitted floor':>12}  "
           f"{'exact quantile':>14}  {'windows above the floor, mean over 25 fits (worst)':>50}")
 
-    def check(name: str, measure: str, m: int, values: np.ndarray, fit_size: int) -> None:
-        from driftline.service.drift.simulate import ECDF_REPLICATES, ECDF_WORK
+    def check(name: str, measure: str, m: int, values: np.ndarray) -> None:
+        from driftline.service.drift.simulate import count_replicates, ecdf_replicates
 
-        if measure in ("wasserstein", "ks_statistic"):  # as many windows as a build draws at that size
-            fit_size = min(max(ECDF_WORK // m, ECDF_REPLICATES[0]), ECDF_REPLICATES[1])
-        for level in (1e-3, 2.5e-4):
+        # as many windows as a build draws at that size
+        fit_size = ecdf_replicates(m) if measure in ("wasserstein", "ks_statistic") else count_replicates(m)
+        for level in (5e-3, 1e-3):
             fits = [TailFit.of(measure, rng.choice(values, fit_size, replace=False)).quantile(measure, level)
                     for _ in range(25)]
             rates = [(values >= f).mean() / level for f in fits]
@@ -144,13 +162,13 @@ def tails() -> None:
         for m in (100, 1_000):
             parts = [ecdf.measures(m, 5_000, rng) for _ in range(20)]
             for measure in ("wasserstein", "ks_statistic"):
-                check(name, measure, m, np.concatenate([p[measure] for p in parts]), 400)
+                check(name, measure, m, np.concatenate([p[measure] for p in parts]))
     for k in (2, 10, 50):
         p = np.random.default_rng(k).dirichlet(np.ones(k) * 3)
         model = CountModel((p * 100_000).astype(int) + 1)
         for m in (100, 1_000):
             values = model.measures(m, 100_000, rng, ("jensenshannon",))["jensenshannon"]
-            check(f"{k} categories", "jensenshannon", m, values, 1_000)
+            check(f"{k} categories", "jensenshannon", m, values)
     print()
     print("  the n^-1/2 law from 3,162 to 10,000 values (quantile ratio carried / simulated, 2,000 windows each):")
     for name, data in columns.items():
@@ -161,17 +179,92 @@ def tails() -> None:
         print(f"    {name:<22} " + ", ".join(ratios))
 
 
+MONITORS = {"12 features, drift_share 0.5": (FEATURES, 0.5), "12 features, drift_share 0.1": (FEATURES, 0.1),
+            "4 features (two copies), 0.5": (("normal", "rounded", "copy_a", "copy_b"), 0.5),
+            "2 copies of one feature, 0.5": (("copy_a", "copy_b"), 0.5), "1 feature": (("normal",), 0.5)}
+
+
+def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> None:
+    """Each monitor's level, its false alarms without drift, and a slow drift's delay."""
+    from driftline.service.drift.noise import feature_level
+
+    print(f"  {'monitor':<30} {'level':>8}  {'basis':<10} {'Markov':>8}  "
+          f"{'no drift, features flagged / dataset drift':>44}  {'slow drift at 1,000: same / one later / later':>46}")
+    slow = [{"normal": 0.02 * i, "copy": 0.02 * i} for i in range(16)]  # up to 0.3 sd: Evidently flags by then
+    for label, (names, share) in MONITORS.items():
+        st = settings(workdir, features=names, drift_share=share)
+        [w] = windows(Population(), 100, 1, seed=0, features=names)
+        r = evaluate_window(w, ref, st, names)
+        markov = feature_level(0.001, share, len(names))
+        alarms = []
+        for size in (100, 1_000):
+            flagged = dataset = 0
+            for w in windows(Population(), size, count, seed=size + 7, features=names):
+                r2 = evaluate_window(w, ref, st, names)
+                flagged += len(r2.drifted_features)
+                dataset += r2.dataset_drift
+            alarms.append(f"{size:,}: {100 * flagged / (count * len(names)):.2f}% / {dataset}")
+        gaps = []
+        shifted = {"normal"} if "normal" in names else {"copy_a", "copy_b"}
+        for seed in range(sequences):
+            for theirs, ours in first_flags(ref, workdir, slow, 1_000, seed, names, share, shifted).values():
+                if theirs is not None:
+                    gaps.append(99 if ours is None else ours - theirs)
+        delay = f"{sum(g <= 0 for g in gaps)} / {sum(g == 1 for g in gaps)} / {sum(g > 1 for g in gaps)}"
+        print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {getattr(r, 'false_alarm_level_basis', None) or '-':<10} "
+              f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {delay:>46}")
+
+
+def binding(ref: ReferenceProfile, workdir: Path, count: int) -> None:
+    """12 correlated features, drift_share 0.1 (two drifted are dataset drift): the dataset's rate,
+    not the features' cap, sets the level; windows without drift declared dataset drift."""
+    st = settings(workdir, drift_share=0.1)
+    for size in (100, 500, 2_000):
+        dataset = flagged = 0
+        for w in windows(Population(), size, count, seed=4242 + size):
+            r = evaluate_window(w, ref, st, FEATURES)
+            dataset += r.dataset_drift
+            flagged += len(r.drifted_features)
+        print(f"  {size:>6,} events: level {r.false_alarm_level:.2g} ({r.false_alarm_level_basis}), dataset drift in "
+              f"{dataset} of {count:,} windows, {100 * flagged / (count * len(FEATURES)):.3f}% of features flagged")
+
+
+def heavy(workdir: Path, references: int, count: int) -> None:
+    """A lognormal column, 2,000 training rows, 100-event windows of new data without drift."""
+    print(f"  {'level':>6}  {'flagged / level: mean over references':>38}  {'median':>6}  {'worst':>6}"
+          f"  {'references above the level':>28}")
+    rng = np.random.default_rng(2000)
+    refs = []
+    for i in range(references):
+        path = workdir / f"lognormal-{i}.parquet"
+        pd.DataFrame({"x": rng.lognormal(0, 1, 2_000)}).to_parquet(path, index=False)
+        refs.append(build_profile(path))
+    for level in (0.001, 0.005):
+        st = settings(workdir, features=("x",), false_alarm_rate=level)
+        ratios = []
+        for ref in refs:
+            data = rng.lognormal(0, 1, (count, 100))
+            flagged = sum(evaluate_window(ArrayWindow([row], [ColumnKind.NUMERICAL]), ref, st, ("x",)).dataset_drift
+                          for row in data)
+            ratios.append(flagged / count / level)
+        print(f"  {level:>6}  {np.mean(ratios):>38.2f}  {np.median(ratios):>6.2f}  {max(ratios):>6.2f}"
+              f"  {sum(r > 1 for r in ratios):>19} of {references}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=1_000, help="windows per size without drift")
     ap.add_argument("--sequences", type=int, default=20, help="sequences per drift scenario and size")
     ap.add_argument("--tails", action="store_true", help="also check the fitted tails and the n^-1/2 law")
-    ap.add_argument("--only-tails", action="store_true", help="only that check")
+    ap.add_argument("--only", nargs="+", choices=("table", "tails", "levels", "binding", "heavy"),
+                    help="only these sections (table: 1 and 2)")
+    ap.add_argument("--heavy-windows", type=int, default=20_000, help="windows per reference in section 5")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/driftline-bench-calibration"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    for rows in () if args.only_tails else (20_000, 800):
+    only = set(args.only or ("table", "levels", "binding", "heavy", *(("tails",) if args.tails else ())))
+    for rows in (20_000, 800) if "table" in only else ():
         ref = reference(rows, args.workdir)
         methods = sorted({evaluate_window(w, ref, settings(args.workdir), FEATURES).features[i].method or ""
                           for w in windows(Population(), 500, 1, seed=1) for i in range(len(FEATURES))})
@@ -182,9 +275,23 @@ def main() -> int:
             print(f"2. drift, {args.sequences} sequences a scenario (per drifted feature: when each first flags it)")
             delays(ref, args.workdir, args.sequences)
         print()
-    if args.tails or args.only_tails:
+    if "tails" in only:
         print("3. fitted tails against 100,000 simulated windows")
         tails()
+        print()
+    if "levels" in only:
+        print(f"4. the level by monitor (reference of 20,000 rows; {args.windows:,} windows a size without drift, "
+              f"{args.sequences} sequences of slow drift)")
+        levels(reference(20_000, args.workdir), args.workdir, args.windows, args.sequences)
+        print()
+    if "binding" in only:
+        print(f"6. where the dataset's rate binds: 12 features, drift_share 0.1, {args.windows:,} windows a size")
+        binding(reference(20_000, args.workdir), args.workdir, args.windows)
+        print()
+    if "heavy" in only:
+        print(f"5. a small heavy-tailed reference: lognormal, 2,000 rows, 10 references x {args.heavy_windows:,} "
+              "windows of 100 events without drift")
+        heavy(args.workdir, 10, args.heavy_windows)
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -188,6 +188,9 @@ class DriftSettings(_Model):
         "its size; off: Evidently's plain thresholds")
     false_alarm_rate: float = Field(0.001, gt=0, le=0.05, description="with calibration: at most this share "
                                     "of windows without drift are declared dataset drift")
+    feature_false_alarm_rate: float = Field(0.01, gt=0, le=0.1, description="with calibration: at most this share "
+                                            "of features flagged in windows without drift (the noise floors' "
+                                            "level is at most half of it)")
     effect_size_floors: dict[str, Threshold] = Field(
         default_factory=dict, description="p-value method -> the smallest effect size that drifts "
         "(defaults in docs/drift-methods.md)")

@@ -11,9 +11,12 @@ as insufficient data and never drifts.
 against the threshold) stands, and two more conditions must hold for a feature to drift:
 
 - the *noise floor*: the score, for a p-value method its effect size, is at least what a
-  window of this many values drawn from the training data itself reaches once in about
-  2,000 windows (`drift/noise.py`; the level follows from `drift.false_alarm_rate`, see
-  `feature_level`). Small windows need a larger difference, large windows do not;
+  window of this many values drawn from the training data itself reaches with probability q
+  (`drift/noise.py`). The level q is the monitor's, chosen when it first evaluates a window
+  against a profile, for its features and `drift_share` (`drift/level.py`): the largest at
+  which whole-row windows of the training data are declared dataset drift at most
+  `drift.false_alarm_rate` of the time, and at most half of `drift.feature_false_alarm_rate`
+  (1 in 200 by default). Small windows need a larger difference, large windows do not;
 - for p-value methods the *effect size floor*: the effect size is at least the smallest
   difference worth acting on (`drift/effects.py`), so that a huge window does not flag a
   difference nobody would act on.
@@ -31,9 +34,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
 from .drift.effects import EFFECTS
+from .drift.level import choose_level
 from .drift.noise import feature_level
 from .quality import QUALITY_CHECKS, DataQualityLimits, FeatureQuality, feature_quality
 from .reference import ReferenceColumn, ReferenceProfile
@@ -114,6 +120,7 @@ class WindowResult:
     duration_seconds: float
     calibration: str = "off"  # on | off | unavailable: why
     false_alarm_level: float | None = None  # calibration on: the per-feature level of the noise floors
+    false_alarm_level_basis: str | None = None  # how it was chosen: "whole rows" or "markov" (drift/level.py)
     window_id: str = ""  # set by the monitor's evaluator (service/history.py), "" offline
 
     @property
@@ -136,16 +143,48 @@ class WindowResult:
 class _Calibration:
     on: bool
     level: float  # per-feature chance of a noise-floor exceedance without drift
+    quality_level: float  # the data-quality checks' (see `_calibration`)
     status: str
+    basis: str | None = None  # how the level was chosen: "whole rows" or "markov" (drift/level.py)
 
 
-def _calibration(drift: DriftSettings, reference: ReferenceProfile, features: int) -> _Calibration:
-    level = feature_level(drift.false_alarm_rate, drift.drift_share, features)
+_EMPTY = {ColumnKind.NUMERICAL: ColumnSample(ColumnKind.NUMERICAL, values=np.zeros(0)),
+          ColumnKind.CATEGORICAL: ColumnSample(ColumnKind.CATEGORICAL, labels=np.zeros(0, dtype=object),
+                                               counts=np.zeros(0, dtype=np.int64))}
+
+
+def _planned_measure(spec_method: str | None, drift: DriftSettings, ref_col: ReferenceColumn) -> str | None:
+    """The measure a feature's noise floor will be read for, known before any window: the
+    configured method's, or Evidently's choice from the reference alone (a window bringing new
+    values can change it for a column of at most 5 distinct values); None without floors."""
+    if ref_col.noise is None:
+        return None
+    kind = ref_col.kind
+    name = spec_method or drift.method or (drift.num_method if kind is ColumnKind.NUMERICAL else drift.cat_method)
+    method = get_method(name) if name else default_method(ref_col.sample, _EMPTY[ref_col.kind])
+    return method.measure if method.measure in ref_col.noise.measures() else None
+
+
+def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
+                 feature_names: tuple[str, ...]) -> _Calibration:
+    """The monitor's level, chosen once per reference (`drift/level.py`). The data-quality
+    checks keep a tenth of the bound for any correlation: each is a signal on its own."""
+    drift = settings.drift
+    markov = min(feature_level(drift.false_alarm_rate, drift.drift_share, len(feature_names)),
+                 drift.feature_false_alarm_rate / 2)
+    quality = markov / QUALITY_CHECKS
     if drift.calibration == "off":
-        return _Calibration(False, level, "off")
+        return _Calibration(False, markov, quality, "off")
     if reference.calibration_note:
-        return _Calibration(True, level, f"unavailable: {reference.calibration_note}")
-    return _Calibration(True, level, "on")
+        return _Calibration(True, markov, quality, f"unavailable: {reference.calibration_note}", "markov")
+    features = tuple((name, _planned_measure(settings.event.features[name].method, drift, reference.column(name)))
+                     for name in feature_names)
+    key = (features, drift.drift_share, drift.false_alarm_rate, drift.feature_false_alarm_rate)
+    choice = reference.levels.get(key)
+    if choice is None:
+        choice = reference.levels[key] = choose_level(reference.joint, features, drift.drift_share,
+                                                      drift.false_alarm_rate, drift.feature_false_alarm_rate)
+    return _Calibration(True, choice.level, quality, "on", choice.basis)
 
 
 def _pick_method(spec_method: str | None, drift: DriftSettings, kind: ColumnKind,
@@ -211,11 +250,11 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
     started = time.perf_counter()
     enough = window.events >= settings.window.min_events
     drift = settings.drift
-    calib = _calibration(drift, reference, len(feature_names))
+    calib = _calibration(settings, reference, feature_names)
     dq = drift.data_quality
     limits = DataQualityLimits(dq.unseen_category_share, dq.out_of_range_share, dq.missing_share_factor,
                                dq.missing_share_increase, dq.type_error_share, dq.unseen_labels,
-                               calib.level / QUALITY_CHECKS)
+                               calib.quality_level)
     features = []
     type_errors = _type_errors(window, len(feature_names))
     for i, name in enumerate(feature_names):
@@ -244,7 +283,8 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
         evaluated_at=time.time(), duration_seconds=time.perf_counter() - started,
-        calibration=calib.status, false_alarm_level=calib.level if calib.on else None)
+        calibration=calib.status, false_alarm_level=calib.level if calib.on else None,
+        false_alarm_level_basis=calib.basis)
 
 
 def _num(x: float | None) -> float | None:
@@ -285,6 +325,7 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
             "drift_share_threshold": r.drift_share_threshold,
             "drifted_features": [f.feature for f in r.drifted_features],
             "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+            "false_alarm_level_basis": r.false_alarm_level_basis,
             "data_quality_issues": quality_issues_json(r),
             "features": [feature_json(f) for f in r.features],
             "prediction": feature_json(r.prediction) if r.prediction else None,

@@ -80,6 +80,7 @@ class OfflineResult:
                 "drift_share_threshold": r.drift_share_threshold,
                 "drifted_features": [f.feature for f in r.drifted_features],
                 "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+                "false_alarm_level_basis": r.false_alarm_level_basis,
                 "data_quality_issues": quality_issues_json(r),
                 "features": [feature_json(f) for f in r.features],
                 "prediction": feature_json(r.prediction) if r.prediction else None}

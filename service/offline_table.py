@@ -34,7 +34,8 @@ def _calibration_line(r: WindowResult) -> str:
     if r.calibration != "on" or r.false_alarm_level is None:
         return r.calibration + (" (Evidently's plain thresholds)" if r.calibration == "off" else "")
     return (f"on: a feature drifts beyond its threshold and the noise floor of its window's size "
-            f"(level {r.false_alarm_level:.2g} per feature; Evidently's verdict alone: "
+            f"(level {r.false_alarm_level:.2g} per feature, {r.false_alarm_level_basis or 'markov'}; "
+            f"Evidently's verdict alone: "
             f"{', '.join(f.feature for f in r.features if f.plain_drifted) or 'none'})")
 
 

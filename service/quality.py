@@ -15,9 +15,12 @@ Four checks compare a window with the reference:
 
 Each is a signal on its own once it passes its configured share (`drift.data_quality`) and,
 for the first three, is beyond the sampling noise of a window that size: a one-sided binomial
-test against the no-drift share above, at a tenth of the monitor's calibrated per-feature level
-(the noise floors' 1 in about 2,000 windows, shared by the several checks of a feature: a window
-always shows some share, only one far beyond chance is named).
+test against the no-drift share above, at a tenth of the per-feature level that keeps the
+dataset's false alarms within `drift.false_alarm_rate` for any correlation (Markov's bound,
+`noise.feature_level`: 1 in 2,000 with drift_share 0.5), shared by the several checks of a
+feature: each check is a signal on its own, so it keeps that worst-case level whatever the
+drift level chosen for the monitor (a window always shows some share, only one far beyond
+chance is named).
 
 **Naming unseen categories.** Labels are the only raw feature values driftline ever puts in
 its output (the status API, the webhook, `driftline evaluate`; never metrics or logs), and only
@@ -40,7 +43,7 @@ from scipy import stats
 from .drift import ColumnKind, ColumnSample
 
 ISSUES = ("unseen_category", "missing_increase", "out_of_range", "type_error")
-QUALITY_CHECKS = 10  # the checks' level is the feature's drift level over this (see above)
+QUALITY_CHECKS = 10  # the checks' level is Markov's per-feature level over this (see above)
 _MAX_CATEGORIES_NAMED = 1000
 _MAX_SINGLETON_SHARE = 0.01
 _MAX_LABEL_CHARS = 40

@@ -24,7 +24,6 @@ import logging
 import sys
 import time
 import zipfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,7 +34,9 @@ import numpy as np
 from driftline.collectors.schema import category_label
 
 from .drift import ColumnKind, ColumnSample
+from .drift.level import JointNoise, LevelChoice
 from .drift.noise import NoiseTable
+from .drift.sim_rows import ColumnRows
 from .drift.simulate import CalibrationProgress, simulate_columns
 from .quality import ReferenceFacts
 
@@ -43,9 +44,10 @@ __all__ = ["ReferenceColumn", "ReferenceError", "ReferenceProfile", "build_profi
            "load_profile", "save_profile"]
 
 FORMAT = "driftline-reference"
-FORMAT_VERSION = 2
-READS_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READS_VERSIONS = (1, 2, 3)
 NOISE_FILE = "noise.json"
+JOINT_FILE = "joint.npy"
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,13 @@ class ReferenceProfile:
     meta: dict[str, Any] = field(default_factory=dict)
     # why the noise floors are unavailable (an older profile, built without them), else None
     calibration_note: str | None = None
+    # whole-row windows' levels (`drift/level.py`): the dataset rule's data; None in a profile
+    # built before them (the level then falls back to the bound for any correlation)
+    joint: JointNoise | None = None
+    # the training rows' order, while the profile is being built (never saved)
+    rows: dict[str, ColumnRows] | None = field(default=None, repr=False, compare=False)
+    # levels chosen per monitor (features, methods, drift_share, rates): `level.choose_level`
+    levels: dict[Any, LevelChoice] = field(default_factory=dict, repr=False, compare=False)
 
     def column(self, name: str) -> ReferenceColumn:
         return self.columns[name]
@@ -95,11 +104,13 @@ class ReferenceError(Exception):
 # -- building --------------------------------------------------------------------------
 
 class _ColumnBuilder:
+    """One column read batch by batch, in the training rows' order (which the whole-row
+    windows of the noise floors' simulation need: `row_index`)."""
+
     def __init__(self, name: str, kind: ColumnKind) -> None:
         self.name, self.kind = name, kind
-        self.chunks: list[np.ndarray] = []
-        self.counts: Counter[str] = Counter()
-        self.missing = 0
+        self.chunks: list[np.ndarray] = []  # numerical: every row's value (NaN missing); categorical: label ids
+        self.ids: dict[str, int] = {}  # categorical: label -> id, in order of first appearance
 
     def add(self, values: Any) -> None:
         import pandas as pd
@@ -111,26 +122,39 @@ class _ColumnBuilder:
             except (TypeError, ValueError):
                 raise ReferenceError(f"column {self.name!r} is numerical but holds non-numeric values; "
                                      "declare it categorical") from None
-            finite = np.isfinite(arr)
-            self.missing += int(arr.size - np.count_nonzero(finite))
-            self.chunks.append(arr[finite])
+            self.chunks.append(np.where(np.isfinite(arr), arr, np.nan))
         else:
-            present = series.dropna()
-            self.missing += int(series.size - present.size)
-            for value, n in present.value_counts(sort=False).items():
-                self.counts[category_label(value)] += int(n)
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+            ids = np.array([self.ids.setdefault(category_label(v), len(self.ids)) for v in uniques.tolist()] + [-1],
+                           dtype=np.int32)
+            self.chunks.append(ids[codes])  # code -1 (missing) picks the trailing -1
 
-    def finish(self) -> ReferenceColumn:
+    def finish(self) -> tuple[ReferenceColumn, ColumnRows]:
+        joined = np.concatenate(self.chunks) if self.chunks else np.zeros(0)
+        self.chunks = []
+        index = np.full(joined.size, -1, dtype=np.int32)
         if self.kind is ColumnKind.NUMERICAL:
-            values = np.sort(np.concatenate(self.chunks) if self.chunks else np.zeros(0))
+            present = np.flatnonzero(~np.isnan(joined))
+            order = np.argsort(joined[present], kind="stable")
+            values = joined[present][order]
             sample = ColumnSample.from_sorted(values)
+            # each row's position in the sorted values: the first of its value's (a row's value, not its place
+            # in the file, so the same rows in another order give the same positions)
+            first = np.maximum.accumulate(np.where(np.diff(values, prepend=np.nan) != 0, np.arange(values.size), 0))
+            index[present[order]] = first.astype(np.int32)
         else:
-            labels = sorted(self.counts)
-            sample = ColumnSample(ColumnKind.CATEGORICAL, labels=np.array(labels, dtype=object),
-                                  counts=np.array([self.counts[k] for k in labels], dtype=np.int64))
+            labels = sorted(self.ids, key=self.ids.__getitem__)
+            rank = np.argsort(np.argsort(np.array(labels, dtype=object), kind="stable"), kind="stable")
+            ids = joined.astype(np.int64)
+            has = ids >= 0
+            index[has] = rank[ids[has]]  # each row's label, by its place among the sorted labels
+            counts = np.bincount(index[has], minlength=len(labels))
+            sample = ColumnSample(ColumnKind.CATEGORICAL, labels=np.array(sorted(labels), dtype=object),
+                                  counts=counts.astype(np.int64))
         if sample.n == 0:
             raise ReferenceError(f"column {self.name!r} has no usable value in the training data")
-        return ReferenceColumn(self.name, self.kind, sample.prepare(), self.missing)
+        missing = int(joined.size - sample.n)
+        return ReferenceColumn(self.name, self.kind, sample.prepare(), missing), ColumnRows(index)
 
 
 def infer_kind(dtype: Any) -> ColumnKind:
@@ -206,21 +230,25 @@ def build_profile(path: str | Path, *, columns: list[str] | None = None,
             progress(rows, total)
     if not builders:
         raise ReferenceError(f"{src}: no rows")
-    cols = {n: b.finish() for n, b in builders.items()}
+    finished = {n: b.finish() for n, b in builders.items()}
+    cols = {n: col for n, (col, _) in finished.items()}
     for c in cols.values():
         _ = c.facts
     profile = ReferenceProfile(cols, _content_hash(cols), time.time(), src.name, {"rows": rows},
-                               "the profile was built without its noise floors")
+                               "the profile was built without its noise floors",
+                               rows={n: r for n, (_, r) in finished.items()})
     return with_noise_floors(profile, calibration_progress, workers) if calibrate else profile
 
 
 def with_noise_floors(profile: ReferenceProfile, progress: CalibrationProgress | None = None,
                       workers: int = 1) -> ReferenceProfile:
-    """The profile with every column's noise table simulated (seeded by its content hash)."""
-    tables = simulate_columns({n: c.sample for n, c in profile.columns.items()}, profile.content_hash, progress,
-                              workers)
-    columns = {n: dataclasses.replace(c, noise=tables[n]) for n, c in profile.columns.items()}
-    return dataclasses.replace(profile, columns=columns, calibration_note=None)
+    """The profile with every column's noise table simulated (seeded by its content hash), and
+    its whole-row windows when the profile still holds the training rows' order (as built,
+    not as loaded)."""
+    sim = simulate_columns({n: c.sample for n, c in profile.columns.items()}, profile.content_hash, progress,
+                           workers, profile.rows)
+    columns = {n: dataclasses.replace(c, noise=sim.tables[n]) for n, c in profile.columns.items()}
+    return dataclasses.replace(profile, columns=columns, calibration_note=None, joint=sim.joint, rows=None)
 
 
 def print_progress(rows: int, total: int | None) -> None:
@@ -257,11 +285,21 @@ def save_profile(profile: ReferenceProfile, path: str | Path) -> None:
     noise_bytes = json.dumps(noise, separators=(",", ":")).encode()
     if noise:
         header["noise_sha256"] = hashlib.sha256(noise_bytes).hexdigest()
+    joint_bytes = None
+    if profile.joint is not None and noise:
+        index = [[c, m] for c, measures in profile.joint.codes.items() for m in measures]
+        codes = [profile.joint.codes[c][m] for c, m in index]
+        shape = (len(index), len(profile.joint.sizes), profile.joint.windows)
+        joint_bytes = _npy(np.stack(codes).astype(np.uint8) if codes else np.zeros(shape, dtype=np.uint8))
+        header["joint"] = {"sizes": list(profile.joint.sizes), "windows": profile.joint.windows, "index": index,
+                           "sha256": hashlib.sha256(joint_bytes).hexdigest()}
     tmp = dest.with_name(dest.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("header.json", json.dumps(header, indent=2))
         if noise:
             zf.writestr(NOISE_FILE, noise_bytes)
+        if joint_bytes is not None:
+            zf.writestr(JOINT_FILE, joint_bytes)
         for i, col in enumerate(profile.columns.values()):
             if col.kind is ColumnKind.NUMERICAL:
                 zf.writestr(f"col{i}.npy", _npy(np.ascontiguousarray(col.sample.sorted, dtype="<f8")))
@@ -297,6 +335,7 @@ def load_profile(path: str | Path) -> ReferenceProfile:
             raise ReferenceError(f"{src}: profile format version {version} is not supported (this driftline "
                                  f"reads versions {', '.join(map(str, READS_VERSIONS))}); rebuild it")
         noise = _read_noise(zf, header, src)
+        joint = _read_joint(zf, header, src) if noise else None
         cols: dict[str, ReferenceColumn] = {}
         for i, spec in enumerate(header["columns"]):
             kind = ColumnKind(spec["kind"])
@@ -322,7 +361,7 @@ def load_profile(path: str | Path) -> ReferenceProfile:
     for c in cols.values():
         _ = c.facts
     return ReferenceProfile(cols, digest, float(header["created_at"]), str(header["source"]),
-                            dict(header.get("meta", {})), note)
+                            dict(header.get("meta", {})), note, joint)
 
 
 def _read_noise(zf: zipfile.ZipFile, header: dict[str, Any], src: Path) -> dict[str, NoiseTable]:
@@ -336,3 +375,20 @@ def _read_noise(zf: zipfile.ZipFile, header: dict[str, Any], src: Path) -> dict[
     if hashlib.sha256(raw).hexdigest() != expected:
         raise ReferenceError(f"{src}: noise floors hash mismatch (file is corrupt or was edited)")
     return {name: NoiseTable.from_json(table) for name, table in json.loads(raw).items()}
+
+
+def _read_joint(zf: zipfile.ZipFile, header: dict[str, Any], src: Path) -> JointNoise | None:
+    spec = header.get("joint")
+    if spec is None:
+        return None  # format 2: built before whole-row windows
+    try:
+        raw = zf.read(JOINT_FILE)
+    except KeyError:
+        raise ReferenceError(f"{src}: whole-row windows missing (file is corrupt or was edited)") from None
+    if hashlib.sha256(raw).hexdigest() != spec.get("sha256"):
+        raise ReferenceError(f"{src}: whole-row windows hash mismatch (file is corrupt or was edited)")
+    arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    codes: dict[str, dict[str, np.ndarray]] = {}
+    for (column, measure), values in zip(spec["index"], arr, strict=True):
+        codes.setdefault(str(column), {})[str(measure)] = values
+    return JointNoise(tuple(int(s) for s in spec["sizes"]), int(spec["windows"]), codes)

@@ -72,6 +72,8 @@ def request_body(message_id: str, result: WindowResult, consecutive: int, now: f
             "dataset_drift_share": result.drift_share,
             "drift_share_threshold": result.drift_share_threshold,
             "calibration": result.calibration,
+            "false_alarm_level": result.false_alarm_level,
+            "false_alarm_level_basis": result.false_alarm_level_basis,
             "prediction_drift": None if result.prediction is None or result.prediction.method is None else {
                 **_drift(result.prediction), "drifted": result.prediction.drifted},
             "data_quality_issues": [_quality(f) for f in result.quality_issues],

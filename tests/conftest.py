@@ -14,7 +14,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from driftline.service.demo.broker import LocalBroker
 from driftline.service.demo.receiver import WebhookReceiver
 from driftline.service.demo.traffic import write_training_data
-from driftline.service.reference import build_profile, save_profile
+from driftline.service.reference import ReferenceProfile, build_profile, save_profile
 
 from tests.helpers import ServiceProcess, new_webhook_secret
 
@@ -44,6 +44,22 @@ def reference_path(training_data: Path) -> Path:
     path = training_data.with_name("credit-risk.dlref")
     save_profile(build_profile(training_data), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def simulated_references(tmp_path_factory: pytest.TempPathFactory) -> dict[int, ReferenceProfile]:
+    """Profiles of tests/simulation.py's population, built as `driftline reference build` does: a
+    large reference (Evidently picks wasserstein, jensenshannon) and a small one (ks, chisquare, z)."""
+    import numpy as np
+
+    from tests.simulation import Population
+
+    d = tmp_path_factory.mktemp("calibration")
+    out = {}
+    for rows in (20_000, 800):
+        Population().frame(rows, np.random.default_rng(rows)).to_parquet(d / f"{rows}.parquet", index=False)
+        out[rows] = build_profile(d / f"{rows}.parquet")
+    return out
 
 
 @pytest.fixture

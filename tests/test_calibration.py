@@ -21,7 +21,7 @@ from driftline.service.drift.noise import GRID, TailFit, feature_level, needed
 from driftline.service.drift.sim_counts import CountModel
 from driftline.service.drift.sim_ecdf import Ecdf
 from driftline.service.evaluation import evaluate_window
-from driftline.service.reference import ReferenceProfile, build_profile
+from driftline.service.reference import ReferenceProfile
 
 from tests.simulation import FEATURES, Population, settings, windows
 
@@ -37,23 +37,26 @@ def _close(simulated: float, direct: float) -> bool:
 # -- the simulation is the methods' own numbers ----------------------------------------------
 
 @pytest.mark.parametrize("data", [
-    np.random.default_rng(1).lognormal(0, 1, 3000),
+    np.random.default_rng(1).lognormal(0, 1, 3000),  # a heavy upper tail: modelled, values beyond the reference's
     np.round(np.random.default_rng(2).normal(0, 1, 4000), 1),  # ties
     np.random.default_rng(3).integers(0, 40, 2000).astype(float),
-], ids=["continuous", "rounded", "integers"])
+    np.random.default_rng(4).standard_t(3, 800),
+], ids=["lognormal", "rounded", "integers", "t3"])
 def test_simulated_empirical_cdf_measures_equal_the_methods_on_the_same_windows(data: np.ndarray) -> None:
     rng = np.random.default_rng(0)
     ref = ColumnSample.from_sorted(np.sort(data)).prepare()
-    ecdf, r = Ecdf(ref), ref.sorted
+    ecdf = Ecdf(ref)
     for m in (100, 400):
-        pos = ecdf.positions(m, 8, rng)
-        low, high = np.full((8, 2), np.nan), np.full((8, 2), np.nan)  # values beyond the range, some windows
-        low[1, :2], high[2, :1], high[3, :2] = [0.2, 0.5], [1.5], [0.1, 3.0]
-        simulated = ecdf.of_positions(pos, low, high)
+        u = ecdf.sorted_uniforms(m, 8, rng)
+        # values beyond the range, in some windows
+        u[1, :2], u[2, -1:], u[3, -2:] = [1e-7, 2e-6], [1 - 1e-6], [1 - 3e-5, 1 - 1e-7]
+        values, pos = ecdf.values_of(u, rng)
+        assert (np.diff(values, axis=1) >= 0).all()
+        if ref.nunique == ref.n:  # continuous: new data reaches beyond the reference's range
+            assert (values[1, 0] < ref.sorted[0]) and (values[3, -1] > ref.sorted[-1])
+        simulated = ecdf.of_values(values, pos)
         for i in range(8):
-            n_low, n_high = int(np.count_nonzero(~np.isnan(low[i]))), int(np.count_nonzero(~np.isnan(high[i])))
-            values = np.concatenate([r[0] - low[i, :n_low], r[pos[i, n_low:m - n_high]], r[-1] + high[i, :n_high]])
-            cur = ColumnSample(ColumnKind.NUMERICAL, values=np.sort(values))
+            cur = ColumnSample(ColumnKind.NUMERICAL, values=values[i])
             for name, got in simulated.items():
                 assert _close(got[i], _score(name, ref, cur)), (name, m, i)
 
@@ -77,7 +80,7 @@ def test_simulated_count_measures_equal_the_methods_on_the_same_windows() -> Non
                 assert _close(got[i], _score(name, ref, cur)), (name, m, i)
     # numerical columns: Sturges bins for psi, kl_div, jensenshannon; hellinger's own bins
     num = ColumnSample.from_sorted(np.sort(rng.lognormal(0, 0.7, 5000))).prepare()
-    pos = Ecdf(num).positions(300, 10, rng)
+    pos = np.sort(rng.integers(0, num.n, (10, 300)), axis=1)
     edges = sturges_edges(num.sorted[0], num.sorted[-1], num.n + 300)
     own = sturges_edges(num.sorted[0], num.sorted[-1], num.nunique)
     bins = CountModel(histogram_of_sorted(num.sorted, edges), keyed=False)
@@ -148,20 +151,15 @@ def test_the_feature_level_bounds_the_dataset_level_for_any_correlation(share: f
 # -- windows without drift ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory) -> dict[int, ReferenceProfile]:
-    """A large reference (Evidently picks wasserstein, jensenshannon) and a small one (ks, chisquare, z)."""
-    d = tmp_path_factory.mktemp("calibration")
-    out = {}
-    for rows in (20_000, 800):
-        Population().frame(rows, np.random.default_rng(rows)).to_parquet(d / f"{rows}.parquet", index=False)
-        out[rows] = build_profile(d / f"{rows}.parquet")
-    return out
+def references(simulated_references: dict[int, ReferenceProfile]) -> dict[int, ReferenceProfile]:
+    return simulated_references
 
 
 @pytest.mark.parametrize(("rows", "size"), [(20_000, 100), (20_000, 500), (20_000, 2_000), (800, 100), (800, 500)])
 def test_without_drift_few_features_and_almost_no_window_are_flagged(
         references: dict[int, ReferenceProfile], tmp_path: Path, rows: int, size: int) -> None:
-    """1,000 windows drawn afresh from the training data's population, at each size."""
+    """1,000 windows drawn afresh from the training data's population, at each size; the level is
+    the largest the whole-row windows allow for these correlated features (half the 1% budget)."""
     reference = references[rows]
     plain, calibrated = settings(tmp_path, calibration="off"), settings(tmp_path)
     flagged = {"off": 0, "on": 0}
@@ -171,22 +169,13 @@ def test_without_drift_few_features_and_almost_no_window_are_flagged(
             result = evaluate_window(window, reference, st, FEATURES)
             flagged[mode] += len(result.drifted_features)
             dataset[mode] += result.dataset_drift
+    # the dataset's rate allows more for these features: the level is the features' cap, half of their 1%
+    assert result.false_alarm_level_basis == "whole rows"
+    assert result.false_alarm_level == pytest.approx(calibrated.drift.feature_false_alarm_rate / 2)
     features = 1_000 * len(FEATURES)
     assert flagged["on"] <= 0.01 * features and dataset["on"] <= 1, (flagged, dataset)
     if size == 100:  # the test has teeth: Evidently's plain thresholds flag far more
         assert flagged["off"] > 0.05 * features, flagged
-
-
-def test_correlated_features_do_not_add_up_to_dataset_drift(references: dict[int, ReferenceProfile],
-                                                            tmp_path: Path) -> None:
-    """Two copies of one feature and four driven by one factor, with a dataset rule that one
-    drifted feature in ten fires: still at most one window in 1,000."""
-    names = ("copy_a", "copy_b", "normal", "skewed", "rounded", "count", "binary", "few", "heavy", "region")
-    st = settings(tmp_path, features=names, drift_share=0.1)
-    drifted = 0
-    for window in windows(Population(), 100, 1_000, seed=77, features=names):
-        drifted += evaluate_window(window, references[20_000], st, names).dataset_drift
-    assert drifted <= 1
 
 
 # -- drift is caught no later than one window after Evidently -----------------------------
@@ -225,13 +214,15 @@ def test_abrupt_drift_is_caught_in_the_same_window_or_the_next(references: dict[
             assert ours is not None and ours <= theirs + 1, (name, seed, theirs, ours)  # … and so does driftline
 
 
-@pytest.mark.parametrize("size", [1_000, 5_000])
+@pytest.mark.parametrize(("size", "step"), [(1_000, 0.02), (1_000, 0.05), (5_000, 0.02), (5_000, 0.05)])
 def test_gradual_drift_is_caught_no_later_than_one_window_after_evidently(
-        references: dict[int, ReferenceProfile], tmp_path: Path, size: int) -> None:
-    """Shifts growing by 0.05 standard deviations (5% of the values moving category) a window."""
+        references: dict[int, ReferenceProfile], tmp_path: Path, size: int, step: float) -> None:
+    """Shifts growing by `step` standard deviations (that share of the values moving category) a
+    window, slow ones included: on 1,000-event windows a shift of 0.02 sd a window sits within
+    the noise for several windows, where a low level's floor would wait for more. The sequence
+    runs until the shift is 0.6, by when Evidently flags every shifted feature."""
     for seed in range(4):
-        shifts = [{"normal": 0.05 * i, "rounded": 0.05 * i, "few": 0.05 * i} for i in range(16)]
+        shifts = [{"normal": step * i, "rounded": step * i, "few": step * i} for i in range(round(0.6 / step) + 1)]
         for name, theirs, ours in _delays(references[20_000], tmp_path, shifts, size, seed):
             assert theirs is not None, name
             assert ours is not None and ours <= theirs + 1, (name, seed, theirs, ours)
-

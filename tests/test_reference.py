@@ -148,6 +148,15 @@ def test_noise_floors_are_built_from_the_data_alone_and_kept_in_the_profile(tmp_
         assert col.noise is not None
         for other in (again, loaded):
             assert other.columns[name].noise == col.noise, name
+    # the whole-row windows' levels too: every column, every measure its noise table has
+    assert built.joint is not None and loaded.joint is not None and again.joint is not None
+    assert loaded.joint.sizes == built.joint.sizes == (100, 316, 1_000)
+    for name, col in built.columns.items():
+        assert col.noise is not None and set(built.joint.codes[name]) == col.noise.measures(), name
+        for measure, codes in built.joint.codes[name].items():
+            assert codes.shape == (3, built.joint.windows) and codes.dtype == np.uint8
+            assert np.array_equal(loaded.joint.codes[name][measure], codes)
+            assert np.array_equal(again.joint.codes[name][measure], codes)  # row order does not matter
     numerical, categorical = built.columns["amount"].noise, built.columns["segment"].noise
     assert numerical is not None and categorical is not None
     assert {"wasserstein", "ks_statistic", "jensenshannon", "cohens_d"} <= numerical.measures()
@@ -163,7 +172,8 @@ def test_a_format_1_profile_loads_with_calibration_unavailable_and_says_so(
     save_profile(build_profile(tmp_path / "t.parquet", calibrate=False), tmp_path / "v2.dlref")
     entries = _entries(tmp_path / "v2.dlref")
     header = json.loads(entries["header.json"])
-    assert header["format_version"] == 2 and "noise_sha256" not in header and "noise.json" not in entries
+    assert header["format_version"] == 3 and "noise_sha256" not in header and "noise.json" not in entries
+    assert "joint" not in header and "joint.npy" not in entries
     header["format_version"] = 1
     entries["header.json"] = json.dumps(header).encode()
     with caplog.at_level(logging.WARNING):
@@ -190,3 +200,24 @@ def test_tampered_noise_floors_are_refused(tmp_path: Path, frame: pd.DataFrame) 
     del entries["noise.json"]
     with pytest.raises(ReferenceError, match="noise floors missing"):
         load_profile(_write(tmp_path / "gone.dlref", entries))
+
+
+def test_whole_row_windows_are_tamper_evident_and_a_format_2_profile_loads_without_them(
+        tmp_path: Path, frame: pd.DataFrame) -> None:
+    frame.to_parquet(tmp_path / "t.parquet")
+    save_profile(build_profile(tmp_path / "t.parquet"), tmp_path / "r.dlref")
+    entries = _entries(tmp_path / "r.dlref")
+    joint = bytearray(entries["joint.npy"])
+    joint[-1] ^= 0xFF  # one window's level changed
+    with pytest.raises(ReferenceError, match="whole-row windows hash mismatch"):
+        load_profile(_write(tmp_path / "bad.dlref", {**entries, "joint.npy": bytes(joint)}))
+    gone = {n: data for n, data in entries.items() if n != "joint.npy"}
+    with pytest.raises(ReferenceError, match="whole-row windows missing"):
+        load_profile(_write(tmp_path / "gone.dlref", gone))
+    # format 2: noise floors, no whole-row windows (the service then uses the bound for any correlation)
+    header = json.loads(entries["header.json"])
+    del header["joint"]
+    header["format_version"] = 2
+    old = load_profile(_write(tmp_path / "v2.dlref", {**gone, "header.json": json.dumps(header).encode()}))
+    assert old.calibration_note is None and old.joint is None
+    assert all(c.noise == load_profile(tmp_path / "r.dlref").columns[n].noise for n, c in old.columns.items())

@@ -236,7 +236,8 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
                 feature("tenure", False, None, None, None))  # no value of it in the window
     prediction = feature("prediction", True, 0.12, "psi", 0.1)
     last = replace(w.next(True, features=features, prediction=prediction, model_versions={"v7": 980, "v8": 1020},
-                          events=2000, reference_hash="sha256:" + "cd" * 32), calibration="on")
+                          events=2000, reference_hash="sha256:" + "cd" * 32), calibration="on",
+                   false_alarm_level=0.005, false_alarm_level_basis="whole rows")
     assert trigger.observe(last) == "requested"
 
     [msg] = outbox(store)
@@ -260,6 +261,7 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     assert data["dataset_drift_share"] == pytest.approx(2 / 3)
     assert data["drift_share_threshold"] == 0.5
     assert data["calibration"] == "on"
+    assert (data["false_alarm_level"], data["false_alarm_level_basis"]) == (0.005, "whole rows")
     assert data["prediction_drift"] == {"method": "psi", "score": 0.12, "threshold": 0.1, "noise_floor": None,
                                         **no_effect, "decided_by": None, "calibrated": False, "drifted": True}
     # broken data is named, with the only raw values driftline ever sends: capped unseen category labels

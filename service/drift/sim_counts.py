@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 _BATCH_ELEMENTS = 1 << 19
+CATEGORICAL_MEASURES = ("psi", "kl_div", "jensenshannon", "hellinger", "tv_distance", "cohens_w", "cohens_h")
 
 
 def fill_value(smallest: np.ndarray) -> np.ndarray:
