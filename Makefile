@@ -43,7 +43,7 @@ test: $(STAMP) ops-tools
 
 # the inner loop: everything but the tests that start a broker or a service (tests/conftest.py)
 unit: $(STAMP)
-	DO_NOT_TRACK=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

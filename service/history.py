@@ -67,7 +67,8 @@ def result_from_json(monitor: str, wid: str, result: str | dict[str, Any]) -> Wi
         drift_share_threshold=r["drift_share_threshold"], dataset_drift=r["dataset_drift"],
         model_versions=dict(r.get("model_versions") or {}), reference_hash=r.get("reference_hash", ""),
         evaluated_at=r["evaluated_at"], duration_seconds=r.get("evaluation_seconds", 0.0),
-        calibration=r.get("calibration", "off"), false_alarm_level=r.get("false_alarm_level"), window_id=wid)
+        calibration=r.get("calibration", "off"), false_alarm_level=r.get("false_alarm_level"),
+        false_alarm_level_basis=r.get("false_alarm_level_basis"), window_id=wid)
 
 
 def _float(x: Any) -> float | None:
