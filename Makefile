@@ -35,9 +35,9 @@ ops-tools:
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkgs \
 		|| echo "ops-tools: could not install$$pkgs (missing:$$missing)"
 
-# most of the suite waits on brokers, services and wall-clock windows: two workers (pytest-xdist),
+# most of the suite waits on brokers, services and wall-clock windows: three workers (pytest-xdist),
 # each test file whole on one of them (its fixtures set up once); TEST_WORKERS=0 runs in one process
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: $(STAMP) ops-tools
 	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
