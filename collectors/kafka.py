@@ -23,11 +23,11 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetMetadataTooLargeError
-from kafka.protocol.consumer.offsets import OffsetResetStrategy
 from kafka.structs import OffsetAndMetadata
 
 from .assignor import SingleActiveAssignor
 from .consumer import PartitionOwner, Polled, consumer_config
+from .log_moves import LogMoves
 from .schema import KafkaSettings
 from .tls import check_tls_handshakes
 
@@ -73,9 +73,6 @@ class KafkaSource:
     # a silence this long (3 fetch waits) is treated as an outage: see poll()
     CHECK_AFTER_SILENCE = 1.5
     _last_records = 0.0  # time.monotonic() of the last poll that returned records
-    _reset_earliest = False  # see _reset_to_earliest_from_now_on
-    _topic_id: Any = None  # the topic's id as the broker last described it (see _topic_recreated)
-    _seek_to_beginning = False
     _after_outage = False  # the broker did not answer for STALE_AFTER s since the last check
     _held = False  # see hold()
     _adopted_starts: dict[int, int] = {}  # noqa: RUF012  (replaced, never mutated)
@@ -101,6 +98,7 @@ class KafkaSource:
         self._last_commit = time.monotonic()
         self.role: Role = "joining"
         self._plain_metadata = False  # the broker refused commit metadata: commit offsets alone
+        self._moves = LogMoves(self._consumer, settings.topic, lambda: self.assigned, self._forget_positions)
 
     # -- rebalance ---------------------------------------------------------------------
     async def _on_revoked(self, revoked: Any, commit: bool = True) -> None:
@@ -246,13 +244,12 @@ class KafkaSource:
                     if records:
                         self._consumer.seek(tp, records[0].offset)
                 return out
-        if self._topic_recreated() or self._seek_pending():
+        if self._moves.recreated() or self._moves.seek_pending():
             if batches:
                 log.warning("%d records polled while %s was recreated are read again from the beginning",
                             sum(len(r) for r in batches.values()), self.settings.topic)
             return out
-        if not self._reset_earliest:
-            self._reset_to_earliest_from_now_on()
+        self._moves.reset_to_earliest_from_now_on()
         try:
             if self._adopt_new():
                 for tp, records in batches.items():  # fetched again, from where the owner said
@@ -274,71 +271,13 @@ class KafkaSource:
             self._last_records = self._last_poll_ok
         return out
 
-    def _topic_recreated(self) -> bool:
-        """True when the topic's id changed since the last poll (deleted and created again,
-        or a broker that lost its data: offsets start again at 0). Every assigned partition
-        is then read from its beginning, and offsets of the old topic are forgotten.
-
-        A Kafka broker, and Tansu, may answer a fetch beyond the end of the new log with no
-        records and no error: without this check driftline would wait, silently, until the
-        new log grew past its old position and skip everything before it.
-        """
-        try:
-            tid = self._consumer._client.cluster.topic_id(self.settings.topic)
-        except AttributeError:  # another kafka-python: out-of-range resets still apply
-            return False
-        if tid is None or tid == self._topic_id:
-            return False
-        old, self._topic_id = self._topic_id, tid
-        if old is None:
-            return False
-        assigned = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.topic]
-        log.warning("topic %s was recreated (id %s, was %s): reading partitions %s from the beginning",
-                    self.settings.topic, tid, old, sorted(tp.partition for tp in assigned))
+    def _forget_positions(self) -> None:
+        """The topic was recreated: no offset of the old one counts any more."""
         with self._lock:
             self._processed.clear()
             self._committed.clear()
             self._ends.clear()
         self._owner.reset_partitions()
-        self._seek_to_beginning = True
-        self._seek_pending()
-        return True
-
-    def _seek_pending(self) -> bool:
-        """After a recreated topic: until the partitions (assigned now, or once the group has
-        rejoined) are sought to their beginning, polled records are dropped; kafka-python
-        may keep a partition's old position across the rejoin."""
-        if not self._seek_to_beginning:
-            return False
-        assigned = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.topic]
-        if assigned and self.assigned:
-            self._consumer.seek_to_beginning(*assigned)
-            self._seek_to_beginning = False
-        return True
-
-    def _reset_to_earliest_from_now_on(self) -> None:
-        """Once every assigned partition has a position, an out-of-range position resets
-        to the earliest offset, whatever auto_offset_reset says.
-
-        auto_offset_reset is for a group that has no committed offset (where a new monitor
-        starts). Later, a position out of range means the log moved under driftline: its
-        start passed it (retention), or the broker lost its data (a restarted in-memory
-        broker, a recreated topic), so offsets start again at 0. "latest" would then skip
-        the records written since, silently; "earliest" reads all that is still there.
-        """
-        with self._lock:
-            assigned = self._assigned
-        if not assigned:
-            return
-        try:
-            subs = self._consumer._subscription
-            tps = [TopicPartition(self.settings.topic, p) for p in assigned]
-            if all(subs.has_valid_position(tp) for tp in tps):
-                subs._default_offset_reset_strategy = OffsetResetStrategy.EARLIEST
-                self._reset_earliest = True
-        except (AttributeError, KeyError) as exc:  # another kafka-python: keep its behaviour
-            log.debug("cannot set the out-of-range reset strategy: %s", exc)
-            self._reset_earliest = True
 
     def mark_processed(self, polled: Polled) -> None:
         """These records are accounted for: their offsets may be committed."""

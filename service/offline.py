@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -28,13 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from driftline.collectors.events import MISSING, DecodedBatch
-from pydantic import ValidationError
 
-from .config import MonitorSettings
 from .drift import ColumnKind, UnknownMethodError, get_method
 from .evaluation import WindowResult, evaluate_window, feature_json, quality_issues_json
 from .identifiers import identifier_columns
 from .monitor import MonitorSetupError, feature_kinds
+from .offline_options import OfflineError, number, pairs, select, settings_for, split
 from .offline_table import render_table
 from .profile import DEFAULT_BUDGET, WindowProfile
 from .reference import (
@@ -54,10 +52,6 @@ _DATA_SUFFIXES = {".parquet", ".pq", ".csv", ".gz", ".txt"}  # what reference._b
 
 
 Progress = Callable[[str, int, int | None], None]
-
-
-class OfflineError(Exception):
-    """An input that cannot be evaluated; the message starts with the option at fault."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +171,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     profile, ref_names = _load_reference(reference)
     built = False
     pred = prediction_column
-    features = _select(columns, exclude or [], ref_names, cur_names, pred, reference, current)
+    features = select(columns, exclude or [], ref_names, cur_names, pred, reference, current)
     left_out: dict[str, str] = {}
     if columns is None and leave_out_identifiers:
         named = {*col_methods, *col_thresholds, *types}
@@ -208,7 +202,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     elif pred in types and types[pred] is not profile.columns[pred].kind:
         raise OfflineError(f"--{types[pred].value} {pred}: the reference profile holds it as "
                            f"{profile.columns[pred].kind.value}; rebuild the reference with --{types[pred].value}")
-    settings = _settings(reference, features, method, num_method, cat_method, threshold, drift_share,
+    settings = settings_for(reference, features, method, num_method, cat_method, threshold, drift_share,
                          col_methods, col_thresholds, types, pred, calibration)
 
     def at(path: str) -> str:  # a config field, as the option that set it
@@ -253,76 +247,7 @@ def evaluate_files(reference: Path, current: Path, *, columns: list[str] | None 
     return OfflineResult(result, profile, reference, current, pred, window, left_out)
 
 
-def _select(columns: list[str] | None, exclude: list[str], ref_names: list[str], cur_names: list[str],
-            pred: str | None, reference: Path, current: Path) -> list[str]:
-    def check(option: str, name: str) -> None:
-        for names, option_file, path in ((ref_names, "--reference", reference), (cur_names, "--current", current)):
-            if name not in names:
-                raise OfflineError(f"{option}: no column {name!r} in {option_file} {path} "
-                                   f"(it has {', '.join(names)})")
-
-    if pred:
-        check("--prediction-column", pred)
-    for name in exclude:
-        if name not in ref_names and name not in cur_names:
-            raise OfflineError(f"--exclude: no column {name!r} in --reference {reference} or --current {current}")
-    for name in columns or []:
-        check("--columns", name)
-    chosen = columns if columns else [c for c in ref_names if c in cur_names]
-    features = [c for c in dict.fromkeys(chosen) if c not in exclude and c != pred]
-    if not features:
-        raise OfflineError(f"--columns: no column to compare (--reference {reference} has {', '.join(ref_names)}; "
-                           f"--current {current} has {', '.join(cur_names)})")
-    return features
-
-
-def _settings(reference: Path, features: list[str], method: str | None, num_method: str | None,
-              cat_method: str | None, threshold: float | None, drift_share: float, col_methods: dict[str, str],
-              col_thresholds: dict[str, float], types: dict[str, ColumnKind], pred: str | None,
-              calibration: str = "on") -> MonitorSettings:
-    """A monitor's settings for one file; where events would come from is inert (never used)."""
-    def spec(name: str, **extra: Any) -> dict[str, Any]:
-        return {"method": col_methods.get(name), "threshold": col_thresholds.get(name), **extra}
-
-    conf = {"name": "offline",
-            "kafka": {"bootstrap_servers": ["offline.invalid:9"], "topic": "offline", "group_id": "offline"},
-            "reference": {"path": str(reference)},
-            "event": {"features": {n: spec(n, path=f"c{i}", type=types.get(n)) for i, n in enumerate(features)},
-                      "prediction": spec(pred, path="prediction", column=pred) if pred else None},
-            "window": {"type": "count", "size": 1, "min_events": 1},
-            "drift": {"method": method, "num_method": num_method, "cat_method": cat_method,
-                      "threshold": threshold, "drift_share": drift_share, "calibration": calibration}}
-    try:
-        return MonitorSettings.model_validate(conf)
-    except ValidationError as exc:  # the options are checked before; this names what slipped through
-        raise OfflineError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-
-
 # -- the command --------------------------------------------------------------------------
-
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def _number(option: str, text: str, ok: Callable[[float], bool] = math.isfinite, expected: str = "a number") -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not ok(value):
-        raise OfflineError(f"{option}: expected {expected}, got {text!r}")
-    return value
-
-
-def _pairs(option: str, text: str | None) -> dict[str, str]:
-    out = {}
-    for item in _split(text):
-        name, sep, value = item.rpartition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise OfflineError(f"{option}: expected column=value[,column=value...], got {item!r}")
-        out[name.strip()] = value.strip()
-    return out
-
 
 def _check_html(path: Path) -> None:
     """Fail before the evaluation, not after it, when the report cannot be written."""
@@ -378,21 +303,21 @@ def run(args: argparse.Namespace) -> int:
             raise OfflineError(f"--calibration: expected on or off, got {calibration!r}")
         if args.html is not None:
             _check_html(args.html)
-        types = {c: ColumnKind.NUMERICAL for c in _split(args.numerical)}
-        both = sorted(set(types) & set(_split(args.categorical)))
+        types = {c: ColumnKind.NUMERICAL for c in split(args.numerical)}
+        both = sorted(set(types) & set(split(args.categorical)))
         if both:
             raise OfflineError(f"--numerical/--categorical: {', '.join(both)} given as both")
-        types.update({c: ColumnKind.CATEGORICAL for c in _split(args.categorical)})
-        thresholds = {c: _number(f"--per-column-threshold {c}", v)
-                      for c, v in _pairs("--per-column-threshold", args.per_column_threshold).items()}
+        types.update({c: ColumnKind.CATEGORICAL for c in split(args.categorical)})
+        thresholds = {c: number(f"--per-column-threshold {c}", v)
+                      for c, v in pairs("--per-column-threshold", args.per_column_threshold).items()}
         show = None if args.quiet else _print_progress
         out = evaluate_files(
-            args.reference, args.current, columns=_split(args.columns) or None, exclude=_split(args.exclude),
+            args.reference, args.current, columns=split(args.columns) or None, exclude=split(args.exclude),
             method=args.method, num_method=args.num_method, cat_method=args.cat_method,
-            threshold=None if args.threshold is None else _number("--threshold", args.threshold),
-            drift_share=_number("--drift-share", args.drift_share, lambda x: 0 < x <= 1,
+            threshold=None if args.threshold is None else number("--threshold", args.threshold),
+            drift_share=number("--drift-share", args.drift_share, lambda x: 0 < x <= 1,
                                 "a share greater than 0 and at most 1"),
-            per_column_method=_pairs("--per-column-method", args.per_column_method),
+            per_column_method=pairs("--per-column-method", args.per_column_method),
             per_column_threshold=thresholds, types=types, prediction_column=args.prediction_column,
             calibration=calibration, progress=show, workers=os.cpu_count() or 1)
     except OfflineError as exc:
