@@ -23,9 +23,9 @@ from driftline.collectors.kafka import Polled
 
 from .config import MonitorSettings
 from .drift import ColumnKind, default_method, get_method
-from .evaluation import WindowResult, result_json
+from .evaluation import WindowResult, result_from_json, result_json
 from .evaluator import Evaluator
-from .history import result_from_json, result_id
+from .history import result_id
 from .invalid import InvalidEvents
 from .metrics import EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .profile import WindowProfile
