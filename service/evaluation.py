@@ -188,6 +188,13 @@ def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
     return _Calibration(True, choice.level, quality, "on", choice.basis)
 
 
+def prepare(reference: ReferenceProfile, settings: MonitorSettings, feature_names: tuple[str, ...]) -> None:
+    """The work of evaluating with this reference that no window changes (the monitor's
+    false-alarm level, from the whole-row windows), done when the reference is loaded so the
+    first window is evaluated as fast as the next; `evaluate_window` does it otherwise."""
+    _calibration(settings, reference, feature_names)
+
+
 def _pick_method(spec_method: str | None, drift: DriftSettings, kind: ColumnKind,
                  ref: ColumnSample, cur: ColumnSample) -> DriftMethod:
     name = spec_method or drift.method or (drift.num_method if kind is ColumnKind.NUMERICAL else drift.cat_method)

@@ -23,7 +23,7 @@ from driftline.collectors.kafka import Polled
 
 from .config import MonitorSettings
 from .drift import ColumnKind, default_method, get_method
-from .evaluation import WindowResult, result_from_json, result_json
+from .evaluation import WindowResult, prepare, result_from_json, result_json
 from .evaluator import Evaluator
 from .history import result_id
 from .invalid import InvalidEvents
@@ -103,6 +103,7 @@ class Monitor:
             raise MonitorSetupError(f"monitors[{index}].reference.path: {exc}") from None
         kinds = feature_kinds(settings, self._reference, index)
         self.feature_names = tuple(settings.event.features)
+        prepare(self._reference, settings, self.feature_names)
         pred = settings.event.prediction
         self._prediction_kind = self._reference.columns[pred.column].kind if pred else None
         self.decoder = EventDecoder(settings.event, kinds, self._prediction_kind)
@@ -347,6 +348,7 @@ class Monitor:
                 msg = "the new reference changes a feature's type; restart driftline to apply it"
                 log.error("monitor %s: reference reload refused: %s", self.name, msg)
                 return False, msg
+            prepare(new, self.settings, self.feature_names)
             self._reference = new
             log.info("monitor %s: reference reloaded, now %s", self.name, new.content_hash)
         return changed, new.content_hash

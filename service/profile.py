@@ -25,6 +25,7 @@ import numpy as np
 from driftline.collectors.events import MISSING, DecodedBatch
 
 from .drift import ColumnKind, ColumnSample
+from .drift.sorting import sort_values
 
 DEFAULT_BUDGET = 100_000
 # Distinct labels kept per categorical feature per window; beyond, the rarest are counted
@@ -110,7 +111,7 @@ class NumericalValues:
     def sample(self) -> ColumnSample:
         # sorted: the result does not depend on the order events arrived in (partitions
         # interleave differently from run to run, and sums in another order round apart)
-        return ColumnSample(ColumnKind.NUMERICAL, values=np.sort(self.values))
+        return ColumnSample(ColumnKind.NUMERICAL, values=sort_values(self.values))
 
     def __eq__(self, other: object) -> bool:
         """The same values (as a multiset: their order means nothing) standing for as many."""

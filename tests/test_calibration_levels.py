@@ -19,7 +19,7 @@ from driftline.service.drift import ColumnKind
 from driftline.service.drift.level import JointNoise, choose_level
 from driftline.service.drift.noise import feature_level
 from driftline.service.drift.sim_rows import level_code
-from driftline.service.evaluation import evaluate_window
+from driftline.service.evaluation import evaluate_window, prepare
 from driftline.service.reference import ReferenceProfile, build_profile
 
 from tests.simulation import ArrayWindow, Population, settings, windows
@@ -69,6 +69,26 @@ def test_a_profile_without_whole_row_windows_falls_back_to_the_bound(
     result = evaluate_window(window, reference, settings(tmp_path, features=names), names)
     assert result.false_alarm_level_basis == "markov"
     assert result.false_alarm_level == feature_level(0.001, 0.5, len(names))
+
+
+def test_the_level_is_chosen_when_the_reference_is_loaded_not_at_the_first_window(
+        simulated_references: dict[int, ReferenceProfile], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prepare` (the monitor calls it on loading or reloading a reference) chooses the level, so
+    the first window does no more work than the next; it is the level evaluation then uses."""
+    reference = dataclasses.replace(simulated_references[20_000], levels={})
+    names = tuple(reference.columns)
+    st = settings(tmp_path, features=names)
+    prepare(reference, st, names)
+    assert len(reference.levels) == 1
+    [chosen] = reference.levels.values()
+
+    def again(*args: object) -> None:
+        raise AssertionError("the level was chosen again at the first window")
+
+    monkeypatch.setattr("driftline.service.evaluation.choose_level", again)
+    [window] = windows(Population(), 100, 1, seed=3)
+    result = evaluate_window(window, reference, st, names)
+    assert (result.false_alarm_level, result.false_alarm_level_basis) == (chosen.level, chosen.basis)
 
 
 MONITORS = {"two copies of one feature": (("copy_a", "copy_b"), 0.5),

@@ -22,6 +22,8 @@ from functools import cached_property
 import numpy as np
 from driftline.collectors.schema import ColumnKind
 
+from .sorting import sort_values
+
 # A prepared reference keeps its distinct values (and their counts) only up to this many.
 LEAN_UNIQUES = 10_000
 
@@ -127,7 +129,7 @@ class ColumnSample:
         # a window's sample arrives sorted already: checking is far cheaper than sorting again
         if values.size < 2 or not bool(np.any(values[1:] < values[:-1])):
             return values
-        return np.sort(values)
+        return sort_values(values)
 
     @property
     def _unique_and_counts(self) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ ks, wasserstein, ed (energy distance), anderson (Anderson-Darling k-sample) and
 cramer_von_mises all compare the two empirical CDFs, so they depend only on the sorted
 values, never on the order a sample presents them in. ks, anderson and cramer_von_mises
 read counts and ranks off the cached sorted reference and the sorted window with
-`searchsorted`; wasserstein and ed hand the sorted reference to scipy.
+`searchsorted`; wasserstein reads the sorted reference's prefix sums at those ranks, and ed
+hands the sorted reference to scipy.
 
 KS's p-value follows `scipy.stats.ks_2samp` (exact below 10,000 values on each side,
 Smirnov's asymptotic distribution above), so it equals what Evidently's `ks` returns.
@@ -17,7 +18,6 @@ returned instead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import special, stats
@@ -116,78 +116,47 @@ def _prefix_blocks(ref: ColumnSample) -> tuple[float, np.ndarray, np.ndarray]:
     return float(center), hi, lo
 
 
-@dataclass(frozen=True)
-class _Sums:
-    """Sums of (reference value - center) over the first k sorted reference values, for many k:
-    the block's double-double sum (hi + lo) plus the value after the block's start (tail)."""
-
-    k: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    tail: np.ndarray
-
-    @classmethod
-    def at(cls, r: np.ndarray, center: float, hi: np.ndarray, lo: np.ndarray, k: np.ndarray) -> _Sums:
-        tail = r[k - 1] - center  # k = 0 reads r[-1], and an even k adds nothing: zeroed here
-        tail *= k & 1
-        return cls(k, hi[k >> 1], lo[k >> 1], tail)
-
-    def __getitem__(self, cut: slice) -> _Sums:
-        return _Sums(self.k[cut], self.hi[cut], self.lo[cut], self.tail[cut])
-
-    def since(self, other: _Sums, p: np.ndarray, center: float) -> np.ndarray:
-        """Sum of (r_i - p) over the reference ranks [other.k, self.k)."""
-        return ((self.hi - other.hi) + (self.lo - other.lo) + (self.tail - other.tail)
-                - (self.k - other.k) * (p - center))
-
-
-def _run_ends(r: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """`searchsorted(r, r[positions], "right")`: the end of each position's run of equal values
-    (most values are untied, so only the tied ones are searched)."""
-    ends = positions + 1
-    tied = (ends < r.size) & (r[np.minimum(ends, r.size - 1)] == r[positions])
-    if tied.any():
-        ends[tied] = np.searchsorted(r, r[positions[tied]], side="right")
-    return ends
-
-
 def wasserstein_distance(ref: ColumnSample, cur: ColumnSample) -> float:
     """`scipy.stats.wasserstein_distance(ref, cur)` in work proportional to the window.
 
-    The distance is the integral of |F_ref - F_cur|. Between two consecutive distinct
-    window values a < b the window CDF is a constant c = j/m, and F_ref - c changes sign
-    once, at x* = the ceil(c*n)-th reference value; with x' = x* clipped to [a, b] that
-    stretch contributes
-        integral over [x', b) of (F_ref - c)  +  integral over [a, x') of (c - F_ref),
-    each read off the prefix sums of the sorted reference:
-        integral over [p, q) of F_ref = (k_q (q - p) - sum of (r_i - p) for p < r_i <= q) / n.
-    Below the first window value c is 0, above the last it is 1; the same formula covers both.
+    The distance is also the integral over u in [0, 1] of |Q_ref(u) - Q_cur(u)|, the two
+    quantile functions. The window's quantile is its i-th distinct value w on a stretch
+    (a, b] of u (a, b: the window's share of values below w, and up to it); the reference's
+    passes w once, at s = (reference values <= w) / n, and with s' = s clipped to [a, b]
+    the stretch contributes
+        integral over (a, s'] of (w - Q_ref)  +  integral over (s', b] of (Q_ref - w)
+        = w (2 s' - a - b) + G(a) + G(b) - 2 G(s'),
+    where G(t), the integral of Q_ref over [0, t], is read off the prefix sums of the sorted
+    reference (plus a fraction of the next value when t n is not whole). Positions are
+    integers in units of 1 / (n m), so a, b and s' are exact; values are taken minus the
+    reference's median, and the G differences over each short stretch are formed before they
+    are added, so the result keeps the precision of the differences, not of whole-column sums.
     """
     r, n = ref.sorted, ref.n
-    w = cur.uniques
-    cum = np.cumsum(cur.unique_counts)  # window values <= each distinct value
-    m = int(cum[-1])
     center, hi, lo = _prefix_blocks(ref)
-    low_end, high_end = min(r[0], w[0]), max(r[-1], w[-1])
-    edges = np.concatenate(([low_end], w, [high_end]))
-    k_edges = np.concatenate(([np.searchsorted(r, low_end, side="right")], ranks_in(ref, cur),
-                              [np.searchsorted(r, high_end, side="right")]))
-    j = np.concatenate(([0], cum))  # the window CDF on [edges[i], edges[i+1]) is j[i] / m
-    k_cross = -(-j * n // m)  # ceil(j * n / m): first reference index where F_ref >= c
-    crossing = r[np.maximum(k_cross - 1, 0)]
-    a, b = edges[:-1], edges[1:]
-    # x' = the crossing clipped to [a, b]; its rank is the clip's, or the end of its run of ties
-    below = (k_cross == 0) | (crossing < a)
-    above = ~below & (crossing > b)
-    x = np.where(below, a, np.where(above, b, crossing))
-    k_x = np.where(below, k_edges[:-1], np.where(above, k_edges[1:], _run_ends(r, np.maximum(k_cross - 1, 0))))
-    at_edges = _Sums.at(r, center, hi, lo, k_edges)
-    at_a, at_b, at_x = at_edges[:-1], at_edges[1:], _Sums.at(r, center, hi, lo, k_x)
-    k_b = at_b.k
-    # integer numerators: (k/n - j/m) * n * m is exact
-    upper = ((k_b * m - j * n) * (b - x) / m - at_b.since(at_x, x, center)) / n
-    lower = ((j * n - k_x * m) * (x - a) / m + at_x.since(at_a, a, center)) / n
-    pieces = upper + lower
+    cum = np.cumsum(cur.unique_counts)
+    m = int(cum[-1])
+    ends = np.zeros(cum.size + 1, dtype=np.int64)
+    np.multiply(cum, n, out=ends[1:])  # distinct value i holds u in (ends[i], ends[i + 1]] / (n m)
+    cross = ranks_in(ref, cur) * m
+    np.clip(cross, ends[:-1], ends[1:], out=cross)
+
+    def integral(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """n times the integral of (Q_ref - center) over u in [0, pos / (n m)], in three parts
+        to subtract part by part: the block sum's double-double (hi, lo), and the rest (the
+        value after the block, plus the fraction of the next value)."""
+        k = pos // m
+        part = r.take(k, mode="clip") - center  # k = n: the fraction is 0
+        part *= (pos - k * m) / m
+        tail = r[k - 1] - center  # k = 0 reads r[-1], and an even k adds nothing: zeroed here
+        tail *= k & 1
+        part += tail
+        return hi[k >> 1], lo[k >> 1], part
+
+    (h, low, rest), (hs, ls, rs) = integral(ends), integral(cross)
+    spread = (((h[1:] - hs) - (hs - h[:-1])) + ((low[1:] - ls) - (ls - low[:-1]))
+              + ((rest[1:] - rs) - (rs - rest[:-1])))
+    pieces = spread / n + (cur.uniques - center) * ((2 * cross - ends[:-1] - ends[1:]) / (n * m))
     return float(pieces.sum())
 
 
