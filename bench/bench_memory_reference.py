@@ -11,8 +11,8 @@
    reference's own data (8 bytes per numerical value, what format 1 kept in memory before any
    derivation); driftline's figure is everything the loaded profile holds, counted two ways:
    the RSS growth over the values, and the bytes of every array the columns keep. Then the
-   first window's evaluation time after a fresh load (cold) against the next ones (warm), a
-   10,000-row window, calibration on.
+   first window's evaluation time after a fresh load (cold; loaded and prepared as the service
+   does: `evaluation.prepare`) against the next ones (warm), a 10,000-row window, calibration on.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def held_bytes(profile: object) -> tuple[int, int]:
 
 def child(profile_path: Path, window_path: Path, runs: int) -> dict[str, float]:
     from driftline.service.config import MonitorSettings
-    from driftline.service.evaluation import evaluate_window
+    from driftline.service.evaluation import evaluate_window, prepare
     from driftline.service.profile import WindowProfile
     from driftline.service.reference import load_profile
 
@@ -94,6 +94,7 @@ def child(profile_path: Path, window_path: Path, runs: int) -> dict[str, float]:
     gc.collect()
     before = rss_mb()
     profile = load_profile(profile_path)
+    prepare(profile, settings, names)  # what the service does when it loads a reference
     gc.collect()
     loaded = rss_mb()
     kinds = tuple(profile.columns[n].kind for n in names)
@@ -116,6 +117,7 @@ def child(profile_path: Path, window_path: Path, runs: int) -> dict[str, float]:
     cold = [first]
     for _ in range(4):  # more cold starts: a fresh load each
         fresh = load_profile(profile_path)
+        prepare(fresh, settings, names)
         t0 = time.perf_counter()
         evaluate_window(window, fresh, settings, names)
         cold.append(time.perf_counter() - t0)

@@ -9,7 +9,9 @@ embeds them; nothing here depends on the service.
 from __future__ import annotations
 
 import enum
+import math
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,6 +39,18 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
     return f"{seconds * 1000:g}ms"
+
+
+def format_span(start: float, end: float, dates: bool | None = None) -> str:
+    """A window as logs and reports name it: "start..end" in UTC, as times of day for a window
+    shorter than a day and with the dates otherwise (a `1d` window would read
+    00:00:00..00:00:00), or with the dates whenever `dates` is true."""
+    form = "%Y-%m-%d %H:%M:%S" if (dates if dates is not None else end - start >= 86400) else "%H:%M:%S"
+
+    def fmt(t: float) -> str:
+        return time.strftime(form, time.gmtime(t)) if math.isfinite(t) else "?"
+
+    return f"{fmt(start)}..{fmt(end)}"
 
 
 def positive(value: float) -> float:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
+
+from driftline.collectors.schema import format_span
 
 from .config import MonitorSettings
 from .evaluation import WindowResult, WindowStatus, evaluate_window
@@ -69,8 +70,8 @@ class Evaluator:
                                                                            self._latest_evaluated.get(horizon)):
                     self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
-            log.info("monitor %s %s window %s..%s: %d events, %s, drift share %.2f, drifted: %s",
-                     self.name, horizon, *_span(result.window_start, result.window_end), result.events,
+            log.info("monitor %s %s window %s: %d events, %s, drift share %.2f, drifted: %s",
+                     self.name, horizon, format_span(result.window_start, result.window_end), result.events,
                      result.status.value, result.drift_share, drifted)
 
     def seed(self, results: list[WindowResult]) -> None:
@@ -96,14 +97,3 @@ class Evaluator:
     def latest_evaluated(self, horizon: str | None = None) -> WindowResult | None:
         with self._lock:
             return self._latest_evaluated.get(horizon or self.horizons[0])
-
-
-def _span(start: float, end: float) -> tuple[str, str]:
-    """A window's start and end as the log shows them: times of day, with the dates when the
-    window is a day or longer (a `1d` horizon would read 00:00:00..00:00:00)."""
-    form = "%Y-%m-%d %H:%M:%S" if end - start >= 86400 else "%H:%M:%S"
-
-    def fmt(t: float) -> str:
-        return time.strftime(form, time.gmtime(t)) if t == t else "?"
-
-    return fmt(start), fmt(end)

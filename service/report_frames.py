@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+from driftline.collectors.schema import format_span
 
 from .evaluation import FeatureDrift, WindowResult
 from .profile import NumericalValues, WindowProfile
@@ -216,12 +216,6 @@ def report_job(window: WindowProfile, reference: ReferenceProfile, features: Seq
 
 
 def _span(window: WindowProfile) -> str:
-    if window.end <= window.start:
-        return ""
-
-    def ts(t: float) -> str:
-        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-    return f" from {ts(window.start)} to {ts(window.end)} UTC"
+    return f" {format_span(window.start, window.end, dates=True)} UTC" if window.end > window.start else ""
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from driftline.collectors.events import DecodedBatch
-from driftline.collectors.schema import format_duration
+from driftline.collectors.schema import format_duration, format_span
 
 from .profile import WindowProfile
 
@@ -389,8 +388,5 @@ def _finite(x: float) -> float | None:
 
 
 def describe(start: float, end: float, events: int) -> str:
-    """A window as the log names it."""
-    def fmt(t: float) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if math.isfinite(t) else "?"
-
-    return f"{fmt(start)}..{fmt(end)} ({events} events)"
+    """A window as the log names it, dates included."""
+    return f"{format_span(start, end, dates=True)} ({events} events)"
