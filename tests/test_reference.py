@@ -71,6 +71,25 @@ def test_save_load_roundtrip_and_hash_is_independent_of_build_time(tmp_path: Pat
         assert loaded.columns[name].sample.count_map == col.sample.count_map
 
 
+def test_a_pool_of_processes_simulates_the_same_floors_as_one_process(
+        tmp_path: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line simulates in a pool once a profile has _POOL_MIN_VALUES values (the
+    demo's does): each column's generator is seeded from the profile and its name, so the noise
+    floors and the whole-row windows are those of one process."""
+    frame.to_parquet(tmp_path / "t.parquet")
+    one = build_profile(tmp_path / "t.parquet")
+    monkeypatch.setattr("driftline.service.drift.simulate._POOL_MIN_VALUES", 1)
+    pool = build_profile(tmp_path / "t.parquet", workers=2)
+    assert one.joint is not None and pool.joint is not None
+    assert pool.content_hash == one.content_hash
+    for name, col in one.columns.items():
+        assert pool.columns[name].noise == col.noise, name
+    assert one.joint.codes.keys() == pool.joint.codes.keys()
+    for name, codes in one.joint.codes.items():
+        assert codes.keys() == pool.joint.codes[name].keys()
+        assert all(np.array_equal(codes[m], pool.joint.codes[name][m]) for m in codes), name
+
+
 def test_a_changed_training_set_gets_a_new_hash(tmp_path: Path, frame: pd.DataFrame) -> None:
     frame.to_parquet(tmp_path / "a.parquet")
     frame.assign(amount=frame["amount"] + 1e-9).to_parquet(tmp_path / "b.parquet")

@@ -128,8 +128,9 @@ def _simulate_numerical(sample: ColumnSample, sizes: tuple[int, ...], rng: np.ra
 
 CalibrationProgress = Callable[[int, int, str], None]
 # Below this many reference values in all, the columns are simulated in this process (a pool's
-# start-up would cost more than it saves).
-_POOL_MIN_VALUES = 2_000_000
+# start-up would cost more than it saves). The demo's 50,000 rows x 13 columns: 18.7 s in one
+# process, 16.0 s with a pool of two on a 2-core machine.
+_POOL_MIN_VALUES = 200_000
 
 
 @dataclass(frozen=True)
