@@ -41,9 +41,10 @@ TEST_WORKERS ?= 3
 test: $(STAMP) ops-tools
 	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# the inner loop: everything but the tests that start a broker or a service (tests/conftest.py)
+# the inner loop: everything but the tests that start a broker or a service, and the slow files
+# (tests/conftest.py); `make test` runs them all
 unit: $(STAMP)
-	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration" $(PYTEST_ARGS)
+	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

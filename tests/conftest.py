@@ -97,11 +97,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 # what a test needs that `make unit` leaves out: a broker, a `driftline run` process
 _SERVERS = {"broker", "topic", "services"}
+# files `make unit` leaves out too: each runs the command line on built references, renders
+# Evidently's reports or simulates thousands of windows (tens of seconds a test; `make test` runs them)
+_SLOW_FILES = {"test_calibration.py", "test_calibration_levels.py", "test_evaluation_vs_evidently.py",
+               "test_offline.py", "test_ops_deploy.py", "test_report.py", "test_report_browser.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start a broker or a service are `integration` wherever they are (`make unit`
-    runs the others: `pytest -m "not integration"`)."""
+    """Tests that start a broker or a service are `integration` wherever they are, the ones of
+    `_SLOW_FILES` are `slow`: `make unit` runs the others (`pytest -m "not integration and not slow"`)."""
     for item in items:
         if _SERVERS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if item.path.name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
