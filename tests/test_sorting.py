@@ -25,7 +25,8 @@ def test_any_values_come_out_as_np_sort_gives_them(x: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("shape", ["normal", "lognormal", "integers", "one value", "mostly one value", "outliers",
-                                   "sorted", "reversed", "nan and inf", "huge range", "tiny scale"])
+                                   "sorted", "reversed", "nan and inf", "huge range", "tiny scale",
+                                   "two modes far apart"])
 def test_data_the_grid_spreads_and_data_it_cannot(shape: str) -> None:
     rng = np.random.default_rng(7)
     n = 20_000
@@ -35,5 +36,6 @@ def test_data_the_grid_spreads_and_data_it_cannot(shape: str) -> None:
          "outliers": np.concatenate((rng.normal(size=n - 5), [1e300, -1e300, 1e9, -0.0, 0.0])),
          "sorted": np.sort(rng.normal(size=n)), "reversed": np.sort(rng.normal(size=n))[::-1].copy(),
          "nan and inf": np.concatenate((rng.normal(size=n - 6), [np.nan, np.inf, -np.inf] * 2)),
-         "huge range": rng.uniform(-1, 1, n) * 1.7e308, "tiny scale": rng.normal(size=n) * 1e-300}[shape]
+         "huge range": rng.uniform(-1, 1, n) * 1.7e308, "tiny scale": rng.normal(size=n) * 1e-300,
+         "two modes far apart": np.concatenate((rng.normal(0, 1, n // 2), rng.normal(1e6, 1, n // 2)))}[shape]
     _same(x)
