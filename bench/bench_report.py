@@ -62,7 +62,7 @@ def main() -> int:
                 "reference": {"path": str(path)}, "event": {"features": names, "prediction": {"path": "p"}},
                 "window": {"size": "5m"}, "drift": {"drift_share": 0.2}})
             result = evaluate_window(window, reference, settings, tuple(names))
-            features, pred = columns_from_result(result, "prediction")
+            features, pred, _ = columns_from_result(result, "prediction")
 
             t = time.perf_counter()
             job = report_job(window, reference, features, drift_share=0.2, prediction=pred)

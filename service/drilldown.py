@@ -18,13 +18,13 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .drift import Verdict, get_method
+from .evaluation import result_from_json
 from .history import window_json
 from .profile import ProfileFormatError, WindowProfile
 
 if TYPE_CHECKING:
     from .monitor import Monitor
-    from .report import ReportColumn, ReportRenderer
+    from .report import ReportRenderer
     from .store import Store
 
 log = logging.getLogger("driftline.reports")
@@ -35,33 +35,6 @@ JSON = "application/json"
 
 def _json(code: int, obj: Any) -> tuple[int, bytes, str]:
     return code, json.dumps(obj, indent=2).encode() + b"\n", JSON
-
-
-def report_columns(result: dict[str, Any], prediction_column: str | None
-                   ) -> tuple[list[ReportColumn], ReportColumn | None, list[str]]:
-    """Evidently's method and threshold per column, as they decided driftline's verdicts, and
-    the notes for the verdicts Evidently cannot reproduce."""
-    from .report import ReportColumn
-
-    notes = []
-
-    def column(f: dict[str, Any], name: str) -> ReportColumn:
-        method, threshold = f.get("method"), f.get("threshold")
-        if method is None or threshold is None:
-            return ReportColumn(name, None, None)
-        p_value = get_method(method).verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT)
-        floor = f.get("noise_floor")
-        if f.get("calibrated") and floor is not None and not p_value:
-            threshold = max(threshold, floor)
-        if p_value and f.get("plain_drifted") != f.get("drifted"):  # (Evidently's verdict is the plain one)
-            notes.append(f"{name}: driftline's verdict ({'drifted' if f.get('drifted') else 'not drifted'}) also "
-                         f"weighs the effect size ({f.get('effect_size_measure')} {f.get('effect_size')}, floor "
-                         f"{f.get('effect_size_floor')}), which Evidently's p-value test below does not.")
-        return ReportColumn(name, method, threshold)
-
-    features = [column(f, f["feature"]) for f in result.get("features", [])]
-    pred = result.get("prediction")
-    return features, (column(pred, prediction_column) if pred and prediction_column else None), notes
 
 
 class Reports:
@@ -99,14 +72,23 @@ class Reports:
         return 200, cached, HTML
 
     def _render(self, m: Monitor, wid: str, result: dict[str, Any], sample: bytes) -> bytes | tuple[int, bytes, str]:
-        from .report import INSTALL_HINT, ReportError, ReportRenderer, ReportTimeout, ReportUnavailable, render_report
+        from .report import (
+            INSTALL_HINT,
+            ReportError,
+            ReportRenderer,
+            ReportTimeout,
+            ReportUnavailable,
+            columns_from_result,
+            render_report,
+        )
 
         try:
             window = WindowProfile.from_bytes(sample)
         except ProfileFormatError as exc:
             return _json(500, {"error": f"the sample of window {wid} cannot be read: {exc}"})
         pred = m.settings.event.prediction
-        features, prediction, notes = report_columns(result, pred.column if pred else None)
+        features, prediction, notes = columns_from_result(result_from_json(m.name, wid, result),
+                                                          pred.column if pred else None)
         if result.get("reference_hash") != m.reference.content_hash:
             notes.insert(0, f"The reference changed since this window was evaluated (then "
                             f"{result.get('reference_hash')}, now {m.reference.content_hash}): the report compares "

@@ -274,10 +274,10 @@ def write_html_report(out: OfflineResult, path: Path, timeout: float = HTML_TIME
     (at most DEFAULT_BUDGET rows of the current file, REFERENCE_ROWS of the reference)."""
     from .report import columns_from_result, render_report
 
-    features, pred = columns_from_result(out.result, out.prediction_column)
+    features, pred, notes = columns_from_result(out.result, out.prediction_column)
     page = render_report(out.window, out.reference, features, drift_share=out.result.drift_share_threshold,
                          prediction=pred, title=f"driftline evaluate: {out.current_path.name} against "
-                         f"{out.reference_path.name}", timeout=timeout, current_rows=DEFAULT_BUDGET)
+                         f"{out.reference_path.name}", timeout=timeout, current_rows=DEFAULT_BUDGET, notes=notes)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)

@@ -306,7 +306,7 @@ def render_report(window: WindowProfile, reference: ReferenceProfile, features: 
     """Evidently's HTML report for `window` against `reference` (see the module docstring).
 
     `features`: the window's features in its order, each with driftline's method and
-    threshold (`columns_from_result` takes them from the window's `WindowResult`).
+    threshold (`columns_from_result` takes them from the window's `WindowResult`, with the notes to pass).
     `renderer`: a long-lived `ReportRenderer` (the service keeps one); without it a worker
     is started for this report and stopped after (about 4 s more).
     Raises ReportUnavailable without Evidently, ReportTimeout past `timeout` seconds of

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from driftline.collectors.schema import format_span
 
+from .drift import Verdict, get_method
 from .evaluation import FeatureDrift, WindowResult
 from .profile import NumericalValues, WindowProfile
 from .reference import ReferenceProfile, category_label
@@ -46,18 +47,41 @@ class ReportColumn:
 
     @classmethod
     def from_drift(cls, f: FeatureDrift, name: str | None = None) -> ReportColumn:
-        return cls(name or f.feature, f.method, f.threshold)
+        """The method and the limit that decided driftline's verdict, as Evidently takes them:
+        with calibration on, a distance method's noise floor where it is above the threshold."""
+        if f.method is None or f.threshold is None:
+            return cls(name or f.feature)
+        threshold = f.threshold
+        if f.calibrated and f.noise_floor is not None and not _p_value(f.method):
+            threshold = max(threshold, f.noise_floor)
+        return cls(name or f.feature, f.method, threshold)
+
+
+def _p_value(method: str) -> bool:
+    return get_method(method).verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT)
+
+
+def _unexpressed(f: FeatureDrift, name: str) -> list[str]:
+    """A note where driftline's verdict weighed an effect-size floor, which Evidently's test cannot."""
+    if f.method is None or not _p_value(f.method) or f.plain_drifted == f.drifted:
+        return []
+    return [f"{name}: driftline's verdict ({'drifted' if f.drifted else 'not drifted'}) also weighs the effect "
+            f"size ({f.effect_size_measure} {f.effect_size}, floor {f.effect_size_floor}), which Evidently's "
+            "p-value test below does not."]
 
 
 def columns_from_result(result: WindowResult, prediction_column: str | None = None
-                        ) -> tuple[list[ReportColumn], ReportColumn | None]:
-    """The features (in the window's order) and the prediction as `result` evaluated them;
-    `prediction_column` names the prediction's reference column."""
+                        ) -> tuple[list[ReportColumn], ReportColumn | None, list[str]]:
+    """The features (in the window's order) and the prediction as `result` evaluated them, so
+    Evidently's verdicts are driftline's, and the notes for the verdicts Evidently cannot
+    reproduce; `prediction_column` names the prediction's reference column."""
     features = [ReportColumn.from_drift(f) for f in result.features]
+    notes = [note for f in result.features for note in _unexpressed(f, f.feature)]
     pred = None
     if result.prediction is not None and prediction_column:
         pred = ReportColumn.from_drift(result.prediction, prediction_column)
-    return features, pred
+        notes += _unexpressed(result.prediction, prediction_column)
+    return features, pred, notes
 
 
 @dataclass(frozen=True)

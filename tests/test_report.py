@@ -17,7 +17,7 @@ import pytest
 from driftline.service.config import MonitorSettings
 from driftline.service.demo.traffic import DEFAULT_SHIFT
 from driftline.service.drift import ColumnKind
-from driftline.service.evaluation import evaluate_window
+from driftline.service.evaluation import FeatureDrift, WindowResult, WindowStatus, evaluate_window
 from driftline.service.offline import OfflineResult, _batch, evaluate_files
 from driftline.service.profile import WindowProfile
 from driftline.service.reference import build_profile
@@ -77,7 +77,7 @@ def test_an_exact_windows_report_gives_driftlines_numbers(tmp_path: Path, data: 
     # floor above a threshold as the threshold: service/drilldown.py, tests/test_history.py)
     out = offline(tmp_path, reference, current, calibration="off", **options)
     r = out.result
-    features, pred = columns_from_result(r, out.prediction_column)
+    features, pred, _ = columns_from_result(r, out.prediction_column)
     job = report_job(out.window, out.reference, features, drift_share=r.drift_share_threshold, prediction=pred)
 
     # the frames hold exactly the window: its values, its counts, its missing values
@@ -124,7 +124,7 @@ def test_a_sampled_window_and_a_large_reference_are_shown_as_bounded_samples(tmp
         "reference": {"path": str(tmp_path / "ref.dlref")}, "event": {"features": names},
         "window": {"size": "10m"}})
     result = evaluate_window(window, ref, settings, tuple(names))
-    features, _ = columns_from_result(result)
+    features, _, _ = columns_from_result(result)
 
     job = report_job(window, ref, features, drift_share=0.5, reference_rows=10_000)
     assert len(job.current) == budget and len(job.reference) == 10_000
@@ -164,7 +164,7 @@ def renderer() -> Any:
 def test_the_page_is_self_contained_and_a_slow_render_times_out(tmp_path: Path, renderer: ReportRenderer) -> None:
     reference, current = traffic(3_000, 1_000, DEFAULT_SHIFT, 9)
     out = offline(tmp_path, reference, current, prediction_column="prediction")
-    features, pred = columns_from_result(out.result, "prediction")
+    features, pred, _ = columns_from_result(out.result, "prediction")
     page = render_report(out.window, out.reference, features, drift_share=0.5, prediction=pred,
                          title="credit-risk <5m> window", renderer=renderer)
     assert page.lstrip().startswith("<!DOCTYPE html>")
@@ -179,7 +179,7 @@ def test_the_page_is_self_contained_and_a_slow_render_times_out(tmp_path: Path, 
     # a render that takes too long: a clear error within the timeout, and the next render works
     big_ref, big_cur = traffic(100_000, 100_000, DEFAULT_SHIFT, 10)
     big = offline(tmp_path, big_ref, big_cur)
-    big_features, _ = columns_from_result(big.result)
+    big_features, _, _ = columns_from_result(big.result)
     started = time.monotonic()
     with pytest.raises(ReportTimeout, match=r"rendering the report took longer than 0.5 s"):
         render_report(big.window, big.reference, big_features, drift_share=0.5, timeout=0.5, renderer=renderer)
@@ -194,7 +194,7 @@ def test_a_column_evidently_cannot_test_is_named_and_the_rest_is_rendered(tmp_pa
     reference, current = traffic(2_000, 700, ("region",), 11)
     out = offline(tmp_path, reference, current, per_column_method={"region": "g_test"}, exclude=["prediction"])
     assert next(f for f in out.result.features if f.feature == "region").score is not None
-    features, _ = columns_from_result(out.result)
+    features, _, _ = columns_from_result(out.result)
     page = render_report(out.window, out.reference, features, drift_share=0.5, renderer=renderer)
     assert "Evidently cannot compute g_test for region on this window (ValueError" in page
 
@@ -202,7 +202,7 @@ def test_a_column_evidently_cannot_test_is_named_and_the_rest_is_rendered(tmp_pa
 def test_report_columns_must_match_the_window_and_the_reference(tmp_path: Path) -> None:
     reference, current = mixed(300, 200, 12)
     out = offline(tmp_path, reference, current, types={"code": ColumnKind.CATEGORICAL})
-    features, _ = columns_from_result(out.result)
+    features, _, _ = columns_from_result(out.result)
     with pytest.raises(ValueError, match="6 report columns for a window of 7 features"):
         report_job(out.window, out.reference, features[:-1], drift_share=0.5)
     renamed = [ReportColumn("salary", f.method, f.threshold) if f.name == "x" else f for f in features]
@@ -216,7 +216,7 @@ def test_report_columns_must_match_the_window_and_the_reference(tmp_path: Path) 
 def test_an_idle_worker_stops_and_the_next_render_starts_it_again(tmp_path: Path) -> None:
     reference, current = traffic(1_500, 300, DEFAULT_SHIFT, 13)
     out = offline(tmp_path, reference, current)
-    features, _ = columns_from_result(out.result)
+    features, _, _ = columns_from_result(out.result)
     with ReportRenderer(idle_timeout=1.0) as r:
         r.start()
         assert r.running
@@ -226,3 +226,30 @@ def test_an_idle_worker_stops_and_the_next_render_starts_it_again(tmp_path: Path
         assert not r.running  # its memory is given back
         assert "300 events" in render_report(out.window, out.reference, features, drift_share=0.5, renderer=r)
         assert r.running
+
+
+def test_report_columns_carry_the_limit_that_decided_and_name_what_evidently_cannot_weigh() -> None:
+    """The service's reports and `driftline evaluate --html` pass Evidently the limit behind each
+    verdict: a distance's noise floor where it is above the threshold (so a score between them is
+    "not drifted" in both), the threshold otherwise; a p-value verdict that an effect-size floor
+    changed gets a note, since Evidently's test cannot weigh it."""
+    num = ColumnKind.NUMERICAL
+
+    def feature(name: str, method: str | None, threshold: float | None, score: float | None, drifted: bool,
+                plain: bool, noise: float | None = None, **more: Any) -> FeatureDrift:
+        return FeatureDrift(name, num, method, threshold, score, drifted, 500, 0.0, True, plain,
+                            noise is not None, noise, **more)
+
+    features = (feature("floored", "wasserstein", 0.1, 0.15, False, True, noise=0.2, decided_by="noise_floor"),
+                feature("plain", "wasserstein", 0.1, 0.15, True, True, noise=0.05, decided_by="threshold"),
+                feature("small_effect", "ks", 0.05, 0.01, False, True, noise=0.02, effect_size=0.01,
+                        effect_size_measure="ks_statistic", effect_size_floor=0.05, decided_by="effect_size_floor"),
+                feature("absent", None, None, None, False, False))
+    result = WindowResult("m", "5m", WindowStatus.EVALUATED, 0.0, 300.0, 500, features, None, 0.25, 0.5, False,
+                          {}, "sha256:x", 0.0, 0.0, calibration="on")
+    columns, prediction, notes = columns_from_result(result)
+    assert columns == [ReportColumn("floored", "wasserstein", 0.2), ReportColumn("plain", "wasserstein", 0.1),
+                       ReportColumn("small_effect", "ks", 0.05), ReportColumn("absent")]
+    assert prediction is None
+    assert len(notes) == 1 and notes[0].startswith("small_effect: driftline's verdict (not drifted)")
+

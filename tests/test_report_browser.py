@@ -124,7 +124,7 @@ def test_a_drifted_windows_report_renders_in_chromium(tmp_path: Path, server: tu
     assert out.result.dataset_drift
     drifted = {f.feature for f in out.result.drifted_features}  # driftline's engine decides, not this test
     assert drifted
-    features, pred = columns_from_result(out.result, "prediction")
+    features, pred, _ = columns_from_result(out.result, "prediction")
     page = render_report(out.window, out.reference, features, drift_share=out.result.drift_share_threshold,
                          prediction=pred, title="credit-risk: a drifted window")
     base, pages = server
