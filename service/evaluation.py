@@ -12,8 +12,8 @@ against the threshold) stands, and two more conditions must hold for a feature t
 
 - the *noise floor*: the score, for a p-value method its effect size, is at least what a
   window of this many values drawn from the training data itself reaches with probability q
-  (`drift/noise.py`). The level q is the monitor's, chosen when it first evaluates a window
-  against a profile, for its features and `drift_share` (`drift/level.py`): the largest at
+  (`drift/noise.py`). The level q is the monitor's, chosen when it loads a profile
+  (`prepare`; else at its first window), for its features and `drift_share` (`drift/level.py`): the largest at
   which whole-row windows of the training data are declared dataset drift at most
   `drift.false_alarm_rate` of the time, and at most half of `drift.feature_false_alarm_rate`
   (1 in 200 by default). Small windows need a larger difference, large windows do not;
@@ -100,6 +100,16 @@ class FeatureDrift:
     effect_size_floor: float | None = None  # p-value methods, calibration on: the smallest that drifts
     decided_by: str | None = None  # threshold | effect_size_floor | noise_floor (see `_verdict`)
     quality: FeatureQuality | None = None
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The line the score was compared with (None: not evaluated): a p-value method's
+        threshold, a distance's threshold or, with calibration on, its noise floor when higher."""
+        if self.method is None or self.threshold is None:
+            return None
+        if get_method(self.method).is_p_value or not self.calibrated or self.noise_floor is None:
+            return self.threshold
+        return max(self.threshold, self.noise_floor)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .drift import Verdict, get_method
 from .evaluation import FeatureDrift, WindowResult, WindowStatus
 from .quality import FeatureQuality
 
@@ -154,11 +153,8 @@ class MonitorCollector(Collector):
 def _threshold(f: FeatureDrift | None) -> float:
     """The line the score is compared with: a p-value method's threshold (drift below it), a
     distance's threshold or, with calibration on, the noise floor when that is higher."""
-    if f is None or f.method is None or f.threshold is None:
-        return math.nan
-    if get_method(f.method).verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT):
-        return f.threshold
-    return max(f.threshold, f.noise_floor) if f.calibrated and f.noise_floor is not None else f.threshold
+    line = f.decision_threshold if f is not None else None
+    return math.nan if line is None else line
 
 
 def _collect_calibration(g: dict[str, GaugeMetricFamily], labels: list[str], f: FeatureDrift | None) -> None:

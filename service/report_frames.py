@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from driftline.collectors.schema import format_span
 
-from .drift import Verdict, get_method
+from .drift import get_method
 from .evaluation import FeatureDrift, WindowResult
 from .profile import NumericalValues, WindowProfile
 from .reference import ReferenceProfile, category_label
@@ -47,23 +47,15 @@ class ReportColumn:
 
     @classmethod
     def from_drift(cls, f: FeatureDrift, name: str | None = None) -> ReportColumn:
-        """The method and the limit that decided driftline's verdict, as Evidently takes them:
-        with calibration on, a distance method's noise floor where it is above the threshold."""
-        if f.method is None or f.threshold is None:
-            return cls(name or f.feature)
-        threshold = f.threshold
-        if f.calibrated and f.noise_floor is not None and not _p_value(f.method):
-            threshold = max(threshold, f.noise_floor)
-        return cls(name or f.feature, f.method, threshold)
-
-
-def _p_value(method: str) -> bool:
-    return get_method(method).verdict in (Verdict.P_VALUE_LE, Verdict.P_VALUE_LT)
+        """The method and the line its score was compared with, as Evidently takes them: with
+        calibration on, a distance method's noise floor where it is above the threshold."""
+        line = f.decision_threshold
+        return cls(name or f.feature) if line is None else cls(name or f.feature, f.method, line)
 
 
 def _unexpressed(f: FeatureDrift, name: str) -> list[str]:
     """A note where driftline's verdict weighed an effect-size floor, which Evidently's test cannot."""
-    if f.method is None or not _p_value(f.method) or f.plain_drifted == f.drifted:
+    if f.method is None or not get_method(f.method).is_p_value or f.plain_drifted == f.drifted:
         return []
     return [f"{name}: driftline's verdict ({'drifted' if f.drifted else 'not drifted'}) also weighs the effect "
             f"size ({f.effect_size_measure} {f.effect_size}, floor {f.effect_size_floor}), which Evidently's "

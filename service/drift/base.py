@@ -5,7 +5,7 @@ methods need: finite numerical values, or category labels with counts. Anything 
 from a window's sample (sorted values, unique counts, moments) is computed once and cached
 on it. A reference sample is *prepared* (`ColumnSample.prepare`) when its profile is built
 or loaded: the reference side of every method is paid for then, once, and kept within
-about 12 bytes per reference value, so the first window is evaluated as fast as the next.
+about 14 bytes per reference value, so the first window is evaluated as fast as the next.
 
 A *method* is a named scoring function plus Evidently's metadata for it: which column
 kinds it accepts, its default threshold, and how a score compares with the threshold.
