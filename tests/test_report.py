@@ -144,12 +144,16 @@ def test_a_sampled_window_and_a_large_reference_are_shown_as_bounded_samples(tmp
     pd.testing.assert_frame_equal(again.current, job.current)  # the same page every time (a cache can keep it)
     pd.testing.assert_frame_equal(again.reference, job.reference)
 
-    # the verdicts still agree where distances are far from their thresholds
+    # the verdicts still agree where distances are far from their thresholds: "far" is 0.05 for a
+    # feature the page shows with all its budget of values, wider for one it shows fewer of (the
+    # window's sample of a feature missing in half the events is subsampled again to ~900 values,
+    # whose own noise alone moved a Wasserstein distance by more than 0.05 in one run of many)
     theirs = evidently_numbers(build_snapshot(job))
     for f in result.features:
         _, threshold, score = theirs["columns"][f.feature]
         assert f.score is not None and f.threshold is not None
-        if abs(f.score - f.threshold) > 0.05:
+        shown = max(int(job.current[f.feature].notna().sum()), 1)
+        if abs(f.score - f.threshold) > 0.05 * math.sqrt(budget / shown):
             assert (score >= threshold) == f.drifted, f.feature
 
 
