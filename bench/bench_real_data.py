@@ -1,0 +1,201 @@
+"""Benchmark: false alarms and detection delays on real data, Evidently's plain thresholds vs driftline's.
+
+    .venv/bin/python bench/bench_real_data.py [--splits 10] [--windows 100] [--sequences 20]
+
+Two real datasets that ship inside statsmodels (installed with driftline[reports], so no
+download): the RAND Health Insurance Experiment (`randhie`: 20,190 rows, 10 columns of
+visit counts, logs of coinsurance and income, disease counts and health flags, most of them
+heavily tied or binary) and Fair's survey of marriages (`fair`: 6,366 rows, 9 columns of 4 to
+77 distinct values). Real data has what generated data lacks: many ties, few values, odd
+shapes.
+
+Each dataset is split at random into halves, --splits times. A reference profile is built from
+one half, as `driftline reference build` would; windows are drawn from the other half, so the
+reference never saw their rows. Evidently's verdicts are driftline's with `drift.calibration:
+off` (the parity tests hold them equal), measured on the very same windows; every feature is
+monitored, `drift_share` 0.5, the defaults otherwise.
+
+1. **No drift**: the held-out half replayed as consecutive windows of each size (at most
+   --windows per split), as a stream of it would be: the share of features flagged and the
+   windows declared dataset drift.
+2. **Drift**: a shift of the population as it happens (more of one kind of customer): the
+   held-out rows are drawn (with replacement) with weight exp(beta * z), z the standardised
+   value of one column, so that column moves and those correlated with it follow, over real
+   values only; beta 0 is the control (what Evidently flags when nothing moved). Sequences
+   of three windows without drift, then beta from the fourth window on (abrupt) or beta
+   growing every window (gradual); per feature, the first window from the onset Evidently
+   flags and the first driftline flags; the delay is driftline's minus Evidently's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.simulation, run from anywhere
+
+import pandas as pd
+from driftline.service.drift import ColumnKind
+from driftline.service.evaluation import evaluate_window
+from driftline.service.reference import ReferenceProfile, build_profile
+
+from tests.simulation import ArrayWindow, settings
+
+# dataset -> (the column whose shift the population follows, window sizes without drift, with drift)
+DATASETS = {"randhie": ("lpi", (100, 500, 1_000, 2_000), (1_000, 5_000)),
+            "fair": ("yrs_married", (100, 500, 1_000), (1_000,))}
+# "none" is the control: what Evidently "catches" when nothing moved is its own false alarms
+ABRUPT = {"none (beta 0)": 0.0, "small (beta 0.1)": 0.1, "medium (beta 0.3)": 0.3}
+GRADUAL = {"gradual (beta +0.03 a window)": 0.03}
+
+
+def load(name: str) -> pd.DataFrame:
+    import importlib
+
+    data = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
+    return data.astype(np.float64).reset_index(drop=True)
+
+
+def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:
+    return ArrayWindow([rows[c].to_numpy() for c in columns], [ColumnKind.NUMERICAL] * len(columns))
+
+
+class Split:
+    """One random split: the reference built from one half, the other held out."""
+
+    def __init__(self, data: pd.DataFrame, seed: int, workdir: Path, name: str, **drift: float) -> None:
+        self.rng = np.random.default_rng(seed)
+        order = self.rng.permutation(len(data))
+        half = len(data) // 2
+        train, self.held = data.iloc[order[:half]], data.iloc[order[half:]].reset_index(drop=True)
+        path = workdir / f"{name}-{seed}.parquet"
+        train.to_parquet(path, index=False)
+        self.reference: ReferenceProfile = build_profile(path)
+        self.columns = list(data.columns)
+        self.lines: list[float] = []  # the last window's decision thresholds, calibration on
+        self.modes = {mode: settings(path, features=self.columns, calibration=mode, **drift) for mode in ("off", "on")}
+
+    def replay(self, size: int, count: int) -> list[ArrayWindow]:
+        """The held-out half (in its shuffled order) as consecutive windows of `size` events."""
+        return [window(self.held.iloc[i * size:(i + 1) * size], self.columns)
+                for i in range(min(count, len(self.held) // size))]
+
+    def draw(self, size: int, weights: np.ndarray) -> ArrayWindow:
+        """`size` held-out rows drawn with these weights (with replacement: a tilt that stays one
+        however large the window is against the held-out half)."""
+        picked = self.rng.choice(len(self.held), size=size, replace=True, p=weights / weights.sum())
+        return window(self.held.iloc[picked], self.columns)
+
+    def verdicts(self, w: ArrayWindow) -> dict[str, tuple[list[bool], bool]]:
+        out = {}
+        for mode, st in self.modes.items():
+            r = evaluate_window(w, self.reference, st, tuple(self.columns))
+            out[mode] = ([f.drifted for f in r.features], r.dataset_drift)
+            if mode == "on":
+                self.lines = [f.decision_threshold for f in r.features if f.decision_threshold is not None]
+        return out
+
+
+def no_drift(splits: list[Split], sizes: tuple[int, ...], count: int) -> None:
+    print(f"  {'window':>7}  {'Evidently: features flagged':>28}  {'dataset drift':>16}  "
+          f"{'driftline: features flagged':>28}  {'dataset drift':>16}  {'its lines (the scores compared with)':>36}")
+    for size in sizes:
+        flagged, dataset = {"off": 0, "on": 0}, {"off": 0, "on": 0}
+        n, lines = 0, []
+        for split in splits:
+            for w in split.replay(size, count):
+                for mode, (features, drifted) in split.verdicts(w).items():
+                    flagged[mode] += sum(features)
+                    dataset[mode] += drifted
+                lines += split.lines
+                n += 1
+        cells = n * len(splits[0].columns)
+        print(f"  {size:>7,}  {100 * flagged['off'] / cells:>27.2f}%  {dataset['off']:>6} of {n:<6,}  "
+              f"{100 * flagged['on'] / cells:>27.2f}%  {dataset['on']:>6} of {n:<6,}  "
+              f"{min(lines):>28.3f} to {max(lines):.3f}")
+
+
+ONSET = 3  # windows without drift before it
+
+
+def first(flags: list[bool]) -> int | None:
+    """The first window flagged from the drift's onset (a flag before it is a false alarm)."""
+    return next((i - ONSET for i, f in enumerate(flags) if f and i >= ONSET), None)
+
+
+def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: int) -> None:
+    print(f"  {'scenario':<30} {'window':>6}  {'Evidently caught':>16}  {'driftline caught':>16}  "
+          f"{'same window':>11}  {'one later':>9}  {'later':>5}  {'missed':>6}  {'dataset: same / one / later':>27}")
+    scenarios = [(label, [0.0] * ONSET + [beta] * 6) for label, beta in ABRUPT.items()]
+    scenarios += [(label, [step * max(0, i - ONSET + 1) for i in range(ONSET + 16)]) for label, step in GRADUAL.items()]
+    for label, betas in scenarios:
+        for size in sizes:
+            tally = {"same": 0, "one": 0, "later": 0, "missed": 0, "off": 0, "on": 0}
+            dataset = [0, 0, 0]
+            for s in range(sequences):
+                split = splits[s % len(splits)]
+                held = split.held[column].to_numpy()
+                z = (held - held.mean()) / held.std()
+                flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
+                whole: dict[str, list[bool]] = {"off": [], "on": []}
+                for beta in betas:
+                    for mode, (features, drifted) in split.verdicts(split.draw(size, np.exp(beta * z))).items():
+                        flags[mode].append(features)
+                        whole[mode].append(drifted)
+                for j in range(len(split.columns)):
+                    theirs = first([w[j] for w in flags["off"]])
+                    ours = first([w[j] for w in flags["on"]])
+                    if theirs is None:
+                        continue
+                    tally["off"] += 1
+                    if ours is None:
+                        tally["missed"] += 1
+                        continue
+                    tally["on"] += 1
+                    gap = ours - theirs
+                    tally["same" if gap <= 0 else "one" if gap == 1 else "later"] += 1
+                theirs, ours = first(whole["off"]), first(whole["on"])
+                if theirs is not None:
+                    gap = 99 if ours is None else ours - theirs
+                    dataset[0 if gap <= 0 else 1 if gap == 1 else 2] += 1
+            print(f"  {label:<30} {size:>6,}  {tally['off']:>16}  {tally['on']:>16}  {tally['same']:>11}  "
+                  f"{tally['one']:>9}  {tally['later']:>5}  {tally['missed']:>6}  "
+                  f"{' / '.join(map(str, dataset)):>27}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--splits", type=int, default=10, help="random splits of each dataset")
+    ap.add_argument("--windows", type=int, default=100, help="windows without drift per size and split, at most")
+    ap.add_argument("--sequences", type=int, default=20, help="sequences per drift scenario and size")
+    ap.add_argument("--only", nargs="+", choices=tuple(DATASETS), help="only these datasets")
+    ap.add_argument("--feature-false-alarm-rate", type=float, default=0.01,
+                    help="drift.feature_false_alarm_rate (the per-feature level is at most half of it)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/driftline-bench-real-data"))
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name in args.only or DATASETS:
+        column, quiet_sizes, drift_sizes = DATASETS[name]
+        data = load(name)
+        splits = [Split(data, seed, args.workdir, name, feature_false_alarm_rate=args.feature_false_alarm_rate)
+                  for seed in range(args.splits)]
+        r = evaluate_window(splits[0].replay(100, 1)[0], splits[0].reference, splits[0].modes["on"],
+                            tuple(splits[0].columns))
+        print(f"{name}: {len(data):,} rows, {len(data.columns)} columns, reference of {len(data) // 2:,} rows, "
+              f"{args.splits} splits; level {r.false_alarm_level:.2g} per feature ({r.false_alarm_level_basis})")
+        print(f"1. no drift: the held-out half replayed, up to {args.windows} windows a size and split")
+        no_drift(splits, quiet_sizes, args.windows)
+        print(f"2. drift: rows drawn with weight exp(beta * z({column})), {args.sequences} sequences a scenario")
+        drift(splits, column, drift_sizes, args.sequences)
+        print()
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
