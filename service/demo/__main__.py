@@ -29,6 +29,7 @@ from .traffic import DEFAULT_SHIFT, FEATURES, TrafficModel, encode, monitor_conf
 
 TOPIC = "credit-risk-serving"
 MONITOR = "credit-risk"
+DEMO_REPORTS = 60  # windows whose drill-down report stays available (10 minutes of 10 s windows)
 
 
 def say(msg: str) -> None:
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         port = args.port or free_port()
         config: dict[str, Any] = {
             "service": {"listen": f"127.0.0.1:{port}", "state_path": str(run / "state.sqlite"),
-                        "api_token_env": "DRIFTLINE_API_TOKEN"},
+                        "api_token_env": "DRIFTLINE_API_TOKEN",
+                        # the printed report link must still work when you get to it: the default
+                        # (10 windows) is under two minutes of 10 s windows
+                        "history": {"reports": DEMO_REPORTS}},
             "monitors": [monitor_config(
                 MONITOR, broker.bootstrap, TOPIC, ref,
                 kafka={"auto_offset_reset": "latest"},
@@ -191,7 +195,8 @@ def _show_report(api: str, token: str) -> bool:
         return False
     if not w or not w.get("report"):
         return False
-    say("the drifted window's drill-down report (Evidently's HTML, rendered on demand in a few seconds):")
+    say("the drifted window's drill-down report (Evidently's HTML, rendered on demand in a few seconds; "
+        f"kept while the window is among the latest {DEMO_REPORTS}, the history lists which are):")
     say(f"  curl -H 'Authorization: Bearer {token}' -o report.html {api}{w['report']}")
     return True
 
