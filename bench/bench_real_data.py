@@ -2,12 +2,9 @@
 
     .venv/bin/python bench/bench_real_data.py [--splits 10] [--windows 100] [--sequences 20]
 
-Two real datasets that ship inside statsmodels (installed with driftline[reports], so no
-download): the RAND Health Insurance Experiment (`randhie`: 20,190 rows, 10 columns of
-visit counts, logs of coinsurance and income, disease counts and health flags, most of them
-heavily tied or binary) and Fair's survey of marriages (`fair`: 6,366 rows, 9 columns of 4 to
-77 distinct values). Real data has what generated data lacks: many ties, few values, odd
-shapes.
+Two real datasets that ship inside statsmodels (tests/real_data.py: RAND's health insurance
+experiment and Fair's survey of marriages). Real data has what generated data lacks: many
+ties, few values, odd shapes.
 
 Each dataset is split at random into halves, --splits times. A reference profile is built from
 one half, as `driftline reference build` would; windows are drawn from the other half, so the
@@ -34,16 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_data, run from anywhere
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.simulation, run from anywhere
-
-import pandas as pd
-from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import evaluate_window
-from driftline.service.reference import ReferenceProfile, build_profile
 
-from tests.simulation import ArrayWindow, settings
+from tests.real_data import Split, load
+from tests.simulation import ArrayWindow
 
 # dataset -> (the column whose shift the population follows, window sizes without drift, with drift)
 DATASETS = {"randhie": ("lpi", (100, 500, 1_000, 2_000), (1_000, 5_000)),
@@ -53,51 +46,16 @@ ABRUPT = {"none (beta 0)": 0.0, "small (beta 0.1)": 0.1, "medium (beta 0.3)": 0.
 GRADUAL = {"gradual (beta +0.03 a window)": 0.03}
 
 
-def load(name: str) -> pd.DataFrame:
-    import importlib
-
-    data = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
-    return data.astype(np.float64).reset_index(drop=True)
-
-
-def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:
-    return ArrayWindow([rows[c].to_numpy() for c in columns], [ColumnKind.NUMERICAL] * len(columns))
-
-
-class Split:
-    """One random split: the reference built from one half, the other held out."""
-
-    def __init__(self, data: pd.DataFrame, seed: int, workdir: Path, name: str, **drift: float) -> None:
-        self.rng = np.random.default_rng(seed)
-        order = self.rng.permutation(len(data))
-        half = len(data) // 2
-        train, self.held = data.iloc[order[:half]], data.iloc[order[half:]].reset_index(drop=True)
-        path = workdir / f"{name}-{seed}.parquet"
-        train.to_parquet(path, index=False)
-        self.reference: ReferenceProfile = build_profile(path)
-        self.columns = list(data.columns)
-        self.lines: list[float] = []  # the last window's decision thresholds, calibration on
-        self.modes = {mode: settings(path, features=self.columns, calibration=mode, **drift) for mode in ("off", "on")}
-
-    def replay(self, size: int, count: int) -> list[ArrayWindow]:
-        """The held-out half (in its shuffled order) as consecutive windows of `size` events."""
-        return [window(self.held.iloc[i * size:(i + 1) * size], self.columns)
-                for i in range(min(count, len(self.held) // size))]
-
-    def draw(self, size: int, weights: np.ndarray) -> ArrayWindow:
-        """`size` held-out rows drawn with these weights (with replacement: a tilt that stays one
-        however large the window is against the held-out half)."""
-        picked = self.rng.choice(len(self.held), size=size, replace=True, p=weights / weights.sum())
-        return window(self.held.iloc[picked], self.columns)
-
-    def verdicts(self, w: ArrayWindow) -> dict[str, tuple[list[bool], bool]]:
-        out = {}
-        for mode, st in self.modes.items():
-            r = evaluate_window(w, self.reference, st, tuple(self.columns))
-            out[mode] = ([f.drifted for f in r.features], r.dataset_drift)
-            if mode == "on":
-                self.lines = [f.decision_threshold for f in r.features if f.decision_threshold is not None]
-        return out
+def verdicts(split: Split, w: ArrayWindow) -> tuple[dict[str, tuple[list[bool], bool]], list[float]]:
+    """Per mode, the features' verdicts and the dataset's; and driftline's lines (the decision
+    thresholds, calibration on)."""
+    out, lines = {}, []
+    for mode, st in split.modes.items():
+        r = evaluate_window(w, split.reference, st, tuple(split.columns))
+        out[mode] = ([f.drifted for f in r.features], r.dataset_drift)
+        if mode == "on":
+            lines = [f.decision_threshold for f in r.features if f.decision_threshold is not None]
+    return out, lines
 
 
 def no_drift(splits: list[Split], sizes: tuple[int, ...], count: int) -> None:
@@ -108,10 +66,11 @@ def no_drift(splits: list[Split], sizes: tuple[int, ...], count: int) -> None:
         n, lines = 0, []
         for split in splits:
             for w in split.replay(size, count):
-                for mode, (features, drifted) in split.verdicts(w).items():
+                found, window_lines = verdicts(split, w)
+                for mode, (features, drifted) in found.items():
                     flagged[mode] += sum(features)
                     dataset[mode] += drifted
-                lines += split.lines
+                lines += window_lines
                 n += 1
         cells = n * len(splits[0].columns)
         print(f"  {size:>7,}  {100 * flagged['off'] / cells:>27.2f}%  {dataset['off']:>6} of {n:<6,}  "
@@ -138,12 +97,11 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
             dataset = [0, 0, 0]
             for s in range(sequences):
                 split = splits[s % len(splits)]
-                held = split.held[column].to_numpy()
-                z = (held - held.mean()) / held.std()
                 flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
                 whole: dict[str, list[bool]] = {"off": [], "on": []}
                 for beta in betas:
-                    for mode, (features, drifted) in split.verdicts(split.draw(size, np.exp(beta * z))).items():
+                    found, _ = verdicts(split, split.draw(size, split.tilt(column, beta)))
+                    for mode, (features, drifted) in found.items():
                         flags[mode].append(features)
                         whole[mode].append(drifted)
                 for j in range(len(split.columns)):

@@ -99,7 +99,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 _SERVERS = {"broker", "topic", "services"}
 # files `make unit` leaves out too: each runs the command line on built references, renders
 # Evidently's reports or simulates thousands of windows (tens of seconds a test; `make test` runs them)
-_SLOW_FILES = {"test_calibration.py", "test_calibration_levels.py", "test_evaluation_vs_evidently.py",
+_SLOW_FILES = {"test_calibration.py", "test_calibration_levels.py", "test_calibration_real_data.py",
+               "test_evaluation_vs_evidently.py",
                "test_offline.py", "test_ops_deploy.py", "test_report.py", "test_report_browser.py"}
 
 

@@ -1,0 +1,67 @@
+"""Real datasets split into a reference and a held-out half (tests and bench/bench_real_data.py).
+
+The data ships inside statsmodels (installed with driftline[reports]), so nothing is downloaded:
+`randhie`, the RAND Health Insurance Experiment (20,190 rows, 10 columns of visit counts, logs,
+disease counts and flags, most of them heavily tied or binary), and `fair`, Fair's survey of
+marriages (6,366 rows, 9 columns of 4 to 77 distinct values).
+
+A `Split` shuffles the rows with its seed, builds the reference profile from one half (as
+`driftline reference build` would) and holds the other out: replayed as consecutive windows (a
+stream without drift), or drawn with weights (a population that tilted towards some rows).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from driftline.service.config import MonitorSettings
+from driftline.service.drift import ColumnKind
+from driftline.service.reference import ReferenceProfile, build_profile
+
+from tests.simulation import ArrayWindow, settings
+
+
+def load(name: str) -> pd.DataFrame:
+    """A statsmodels dataset, every column as numbers."""
+    data = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
+    return data.astype(np.float64).reset_index(drop=True)
+
+
+def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:
+    return ArrayWindow([rows[c].to_numpy() for c in columns], [ColumnKind.NUMERICAL] * len(columns))
+
+
+class Split:
+    """One random split: the reference built from one half, the other held out."""
+
+    def __init__(self, data: pd.DataFrame, seed: int, workdir: Path, name: str, **drift: float) -> None:
+        self.rng = np.random.default_rng(seed)
+        order = self.rng.permutation(len(data))
+        half = len(data) // 2
+        train, self.held = data.iloc[order[:half]], data.iloc[order[half:]].reset_index(drop=True)
+        path = workdir / f"{name}-{seed}.parquet"
+        train.to_parquet(path, index=False)
+        self.reference: ReferenceProfile = build_profile(path)
+        self.columns = list(data.columns)
+        self.modes: dict[str, MonitorSettings] = {
+            mode: settings(path, features=self.columns, calibration=mode, **drift) for mode in ("off", "on")}
+
+    def replay(self, size: int, count: int) -> list[ArrayWindow]:
+        """The held-out half (in its shuffled order) as consecutive windows of `size` events."""
+        return [window(self.held.iloc[i * size:(i + 1) * size], self.columns)
+                for i in range(min(count, len(self.held) // size))]
+
+    def draw(self, size: int, weights: np.ndarray) -> ArrayWindow:
+        """`size` held-out rows drawn with these weights (with replacement: a tilt that stays one
+        however large the window is against the held-out half)."""
+        picked = self.rng.choice(len(self.held), size=size, replace=True, p=weights / weights.sum())
+        return window(self.held.iloc[picked], self.columns)
+
+    def tilt(self, column: str, beta: float) -> np.ndarray:
+        """Weights exp(beta * z) over the held-out rows, z the standardised `column`: more of the
+        rows high in it, and of those correlated with it."""
+        held = self.held[column].to_numpy()
+        return np.exp(beta * (held - held.mean()) / held.std())

@@ -1,0 +1,82 @@
+"""Calibration on real data (tests/real_data.py: RAND's health insurance experiment and Fair's
+survey, both shipped in statsmodels): heavily tied counts, binary flags and columns of a few
+values, which generated data only imitates.
+
+A random half of each dataset is the reference; the other half, replayed as windows, is a stream
+without drift, and drawn with weights exp(beta * z) of one column it is a population that moved.
+Evidently's verdicts are driftline's with `drift.calibration: off` (the parity tests hold them
+equal). bench/bench_real_data.py measures the same over ten splits, and where driftline is
+later than Evidently (Fair at 1,000 events: the README's "On real data").
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from driftline.service.evaluation import evaluate_window
+
+from tests.real_data import Split, load
+from tests.simulation import ArrayWindow
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Split]]:
+    """RAND once; Fair, whose held-out half is only 31 windows of 100 events, twice."""
+    workdir: Path = tmp_path_factory.mktemp("real-data")
+    return {name: [Split(load(name), seed, workdir, name) for seed in seeds]
+            for name, seeds in (("randhie", (1,)), ("fair", (1, 2)))}
+
+
+def _verdicts(split: Split, w: ArrayWindow, mode: str) -> tuple[list[bool], bool]:
+    r = evaluate_window(w, split.reference, split.modes[mode], tuple(split.columns))
+    return [f.drifted for f in r.features], r.dataset_drift
+
+
+@pytest.mark.parametrize("name", ["randhie", "fair"])
+def test_a_real_stream_without_drift_flags_about_1_percent_of_features_at_most_and_no_dataset_drift(
+        splits: dict[str, list[Split]], name: str) -> None:
+    """Windows of 100 events, where Evidently's fixed thresholds flag a quarter of the features
+    or more (bench/bench_real_data.py: 25% and 44%). The target is 1% on average over the
+    references one could have drawn; one or two references are allowed their own sampling
+    error: two standard deviations of a count at 1% (driftline flags 0.41% and 0.72% over ten
+    splits in the bench)."""
+    flagged = {"off": 0, "on": 0}
+    dataset = {"off": 0, "on": 0}
+    cells = 0
+    for split in splits[name]:
+        replayed = split.replay(100, 100)
+        cells += len(replayed) * len(split.columns)
+        for w in replayed:
+            for mode in flagged:
+                features, drifted = _verdicts(split, w, mode)
+                flagged[mode] += sum(features)
+                dataset[mode] += drifted
+    assert cells >= 500
+    assert flagged["on"] <= 0.01 * cells + 2 * math.sqrt(0.01 * cells), (name, cells, flagged)
+    assert dataset["on"] == 0
+    assert flagged["off"] >= 0.1 * cells, (name, cells, flagged)  # Evidently: the windows are that noisy
+
+
+@pytest.mark.parametrize("size", [1_000, 5_000])
+def test_a_moved_population_evidently_catches_is_caught_in_the_same_window_or_the_next(
+        splits: dict[str, list[Split]], size: int) -> None:
+    """RAND, rows drawn with weight exp(0.3 z(lpi)) from the fourth window on: per feature,
+    driftline's first flag from the onset is at most one window after Evidently's."""
+    [split] = splits["randhie"]
+    caught = 0
+    for _ in range(6):
+        flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
+        for beta in [0.0] * 3 + [0.3] * 4:
+            w = split.draw(size, split.tilt("lpi", beta))
+            for mode in flags:
+                flags[mode].append(_verdicts(split, w, mode)[0])
+        for j, name in enumerate(split.columns):
+            theirs = next((i for i in range(3, 7) if flags["off"][i][j]), None)
+            ours = next((i for i in range(3, 7) if flags["on"][i][j]), None)
+            if theirs is None:
+                continue
+            caught += 1
+            assert ours is not None and ours - theirs <= 1, (name, theirs, ours)
+    assert caught >= 6  # lpi itself in every sequence, and the features that follow it
