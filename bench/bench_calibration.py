@@ -58,7 +58,7 @@ from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
-from tests.simulation import FEATURES, ArrayWindow, Population, settings, windows
+from tests.simulation import FEATURES, ArrayWindow, Population, delay_counts, first_flagged, settings, windows
 
 SIZES = (100, 500, 1_000, 2_000, 5_000)
 ABRUPT = {"small": {"normal": 0.15, "rounded": 0.15, "few": 0.3},
@@ -105,12 +105,9 @@ def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, flo
                 verdicts[mode].setdefault(f.feature, []).append(f.drifted)
 
     onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
-
-    def first(flags: list[bool]) -> int | None:  # from the drift's onset: a flag before it is a false alarm
-        return next((i - onset for i, f in enumerate(flags) if f and i >= onset), None)
-
     names = shifted or {n for s in shifts for n in s}
-    return {n: (first(verdicts["off"][n]), first(verdicts["on"][n])) for n in sorted(names)}
+    return {n: (first_flagged(verdicts["off"][n], onset), first_flagged(verdicts["on"][n], onset))
+            for n in sorted(names)}
 
 
 def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:
@@ -123,7 +120,7 @@ def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:
     for label, shifts in scenarios:
         for size in (1_000, 5_000):
             caught = {"off": 0, "on": 0}
-            same = one = later = missed = 0
+            missed = 0
             gaps: list[int] = []
             for seed in range(sequences):
                 for theirs, ours in first_flags(ref, workdir, shifts, size, seed).values():
@@ -134,11 +131,8 @@ def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:
                         missed += 1
                         continue
                     caught["on"] += 1
-                    gap = ours - theirs
-                    gaps.append(gap)
-                    same += gap <= 0
-                    one += gap == 1
-                    later += gap > 1
+                    gaps.append(ours - theirs)
+            same, one, later = delay_counts(gaps)
             mean = f"{np.mean(gaps):+.2f}" if gaps else "-"
             print(f"  {label:<34} {size:>6,}  {caught['off']:>16}  {caught['on']:>16}  {same:>11}  {one:>9}  "
                   f"{later:>5}  {missed:>6}  {mean:>10}")
@@ -221,7 +215,7 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
             for theirs, ours in first_flags(ref, workdir, slow, 1_000, seed, names, share, shifted).values():
                 if theirs is not None:
                     gaps.append(99 if ours is None else ours - theirs)
-        delay = f"{sum(g <= 0 for g in gaps)} / {sum(g == 1 for g in gaps)} / {sum(g > 1 for g in gaps)}"
+        delay = " / ".join(map(str, delay_counts(gaps)))
         print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {getattr(r, 'false_alarm_level_basis', None) or '-':<10} "
               f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {delay:>46}")
 
@@ -250,20 +244,17 @@ def conflict(ref: ReferenceProfile, workdir: Path, sequences: int, drift_free: i
             for w in windows(Population(shift={"normal": 0.02 * i}), size, 1, seed=7_000 + 100 * s + i, features=names)]
     seqs, ours, loose = (np.array(column).reshape(sequences, 16) for column in zip(*runs, strict=True))
 
-    def first(flags: np.ndarray) -> int | None:
-        return next((i for i, f in enumerate(flags) if f), None)
-
     def tally(rule: np.ndarray) -> str:
-        gaps = [99 if first(r) is None else first(r) - first(e)
-                for r, e in zip(rule, seqs >= threshold, strict=True) if first(e) is not None]
-        return f"{sum(g <= 0 for g in gaps)} / {sum(g == 1 for g in gaps)} / {sum(g > 1 for g in gaps)}"
+        firsts = [(first_flagged(r), first_flagged(e)) for r, e in zip(rule, seqs >= threshold, strict=True)]
+        return " / ".join(map(str, delay_counts([99 if ours is None else ours - theirs
+                                                 for ours, theirs in firsts if theirs is not None])))
 
     both = (seqs >= threshold) & (seqs >= low) & np.pad(seqs >= low, ((0, 0), (1, 0)))[:, :-1]
-    starts = [first(e) for e in seqs >= threshold]
+    starts = [first_flagged(e) for e in seqs >= threshold]
     blips = sum(t is not None and t + 1 < 16 and s[t + 1] < threshold for t, s in zip(starts, seqs, strict=True))
 
-    def rate(st: MonitorSettings) -> str:  # the monitor's line at 1,000 values, on the same windows
-        f = evaluate_window(sample, ref, st, names).features[0]
+    def rate(monitor: MonitorSettings) -> str:  # the monitor's line at 1,000 values, on the same windows
+        f = evaluate_window(sample, ref, monitor, names).features[0]
         line = f.decision_threshold or 0.0
         return f"{(quiet >= line).mean() * 1000:.1f} (line {line:.4f})"
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_data,
 from driftline.service.evaluation import evaluate_window
 
 from tests.real_data import Split, load
-from tests.simulation import ArrayWindow
+from tests.simulation import ArrayWindow, delay_counts, first_flagged
 
 # dataset -> (the column whose shift the population follows, window sizes without drift, with drift)
 DATASETS = {"randhie": ("lpi", (100, 500, 1_000, 2_000), (1_000, 5_000)),
@@ -81,11 +81,6 @@ def no_drift(splits: list[Split], sizes: tuple[int, ...], count: int) -> None:
 ONSET = 3  # windows without drift before it
 
 
-def first(flags: list[bool]) -> int | None:
-    """The first window flagged from the drift's onset (a flag before it is a false alarm)."""
-    return next((i - ONSET for i, f in enumerate(flags) if f and i >= ONSET), None)
-
-
 def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: int) -> None:
     print(f"  {'scenario':<30} {'window':>6}  {'Evidently caught':>16}  {'driftline caught':>16}  "
           f"{'same window':>11}  {'one later':>9}  {'later':>5}  {'missed':>6}  {'dataset: same / one / later':>27}")
@@ -93,8 +88,9 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
     scenarios += [(label, [step * max(0, i - ONSET + 1) for i in range(ONSET + 16)]) for label, step in GRADUAL.items()]
     for label, betas in scenarios:
         for size in sizes:
-            tally = {"same": 0, "one": 0, "later": 0, "missed": 0, "off": 0, "on": 0}
-            dataset = [0, 0, 0]
+            tally = {"missed": 0, "off": 0, "on": 0}
+            gaps: list[int] = []
+            dataset: list[int] = []  # the dataset's delays
             for s in range(sequences):
                 split = splits[s % len(splits)]
                 flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
@@ -105,8 +101,8 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
                         flags[mode].append(features)
                         whole[mode].append(drifted)
                 for j in range(len(split.columns)):
-                    theirs = first([w[j] for w in flags["off"]])
-                    ours = first([w[j] for w in flags["on"]])
+                    theirs = first_flagged([w[j] for w in flags["off"]], ONSET)
+                    ours = first_flagged([w[j] for w in flags["on"]], ONSET)
                     if theirs is None:
                         continue
                     tally["off"] += 1
@@ -114,15 +110,13 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
                         tally["missed"] += 1
                         continue
                     tally["on"] += 1
-                    gap = ours - theirs
-                    tally["same" if gap <= 0 else "one" if gap == 1 else "later"] += 1
-                theirs, ours = first(whole["off"]), first(whole["on"])
+                    gaps.append(ours - theirs)
+                theirs, ours = first_flagged(whole["off"], ONSET), first_flagged(whole["on"], ONSET)
                 if theirs is not None:
-                    gap = 99 if ours is None else ours - theirs
-                    dataset[0 if gap <= 0 else 1 if gap == 1 else 2] += 1
-            print(f"  {label:<30} {size:>6,}  {tally['off']:>16}  {tally['on']:>16}  {tally['same']:>11}  "
-                  f"{tally['one']:>9}  {tally['later']:>5}  {tally['missed']:>6}  "
-                  f"{' / '.join(map(str, dataset)):>27}")
+                    dataset.append(99 if ours is None else ours - theirs)
+            same, one, later = delay_counts(gaps)
+            print(f"  {label:<30} {size:>6,}  {tally['off']:>16}  {tally['on']:>16}  {same:>11}  "
+                  f"{one:>9}  {later:>5}  {tally['missed']:>6}  {' / '.join(map(str, delay_counts(dataset))):>27}")
 
 
 def main() -> int:

@@ -122,3 +122,15 @@ def windows(population: Population, size: int, count: int, seed: int,
     kinds = [ColumnKind.NUMERICAL if n in NUMERICAL else ColumnKind.CATEGORICAL for n in features]
     cols = [frame[n].to_numpy() for n in features]
     return [ArrayWindow([c[i * size:(i + 1) * size] for c in cols], kinds) for i in range(count)]
+
+
+def first_flagged(flags: Sequence[bool], onset: int = 0) -> int | None:
+    """The first window flagged from the drift's onset on, counted from the onset (a flag before
+    it is a false alarm); None if none is."""
+    return next((i - onset for i, f in enumerate(flags) if f and i >= onset), None)
+
+
+def delay_counts(gaps: Sequence[int]) -> tuple[int, int, int]:
+    """Of driftline's delays behind Evidently (in windows): in the same window (or before), one
+    later, later."""
+    return sum(g <= 0 for g in gaps), sum(g == 1 for g in gaps), sum(g > 1 for g in gaps)

@@ -18,7 +18,7 @@ import pytest
 from driftline.service.evaluation import evaluate_window
 
 from tests.real_data import Split, load
-from tests.simulation import ArrayWindow
+from tests.simulation import ArrayWindow, first_flagged
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_a_moved_population_evidently_catches_is_caught_in_the_same_window_or_th
             for mode in flags:
                 flags[mode].append(_verdicts(split, w, mode)[0])
         for j, name in enumerate(split.columns):
-            theirs = next((i for i in range(3, 7) if flags["off"][i][j]), None)
-            ours = next((i for i in range(3, 7) if flags["on"][i][j]), None)
+            theirs = first_flagged([w[j] for w in flags["off"]], onset=3)
+            ours = first_flagged([w[j] for w in flags["on"]], onset=3)
             if theirs is None:
                 continue
             caught += 1
