@@ -12,11 +12,13 @@ against the threshold) stands, and two more conditions must hold for a feature t
 
 - the *noise floor*: the score, for a p-value method its effect size, is at least what a
   window of this many values drawn from the training data itself reaches with probability q
-  (`drift/noise.py`). The level q is the monitor's, chosen when it loads a profile
-  (`prepare`; else at its first window), for its features and `drift_share` (`drift/level.py`): the largest at
-  which whole-row windows of the training data are declared dataset drift at most
-  `drift.false_alarm_rate` of the time, and at most half of `drift.feature_false_alarm_rate`
-  (1 in 200 by default). Small windows need a larger difference, large windows do not;
+  (`drift/noise.py`). The level q is the monitor's for the window's size, chosen when it loads
+  a profile (`prepare`; else at its first window), for its features, their thresholds and
+  `drift_share` (`drift/level.py`): the largest at which whole-row windows of the training data
+  are declared dataset drift at most `drift.false_alarm_rate` of the time, and the features
+  are flagged on average at most half of `drift.feature_false_alarm_rate` (1 in 200 by default
+  on small windows; more for some features on larger ones, where others rarely reach their
+  thresholds). Small windows need a larger difference, large windows do not;
 - for p-value methods the *effect size floor*: the effect size is at least the smallest
   difference worth acting on (`drift/effects.py`), so that a huge window does not flag a
   difference nobody would act on.
@@ -40,8 +42,8 @@ import numpy as np
 from .config import DriftSettings, MonitorSettings
 from .drift import ColumnKind, ColumnSample, DriftMethod, default_method, get_method
 from .drift.effects import EFFECTS
-from .drift.level import choose_level
-from .drift.noise import feature_level
+from .drift.level import choose_level, level_at
+from .drift.noise import GRID, feature_level
 from .quality import QUALITY_CHECKS, DataQualityLimits, FeatureQuality, feature_quality
 from .reference import ReferenceColumn, ReferenceProfile
 
@@ -130,7 +132,7 @@ class WindowResult:
     evaluated_at: float
     duration_seconds: float
     calibration: str = "off"  # on | off | unavailable: why
-    false_alarm_level: float | None = None  # calibration on: the per-feature level of the noise floors
+    false_alarm_level: float | None = None  # calibration on: the per-feature level of the floors at this size
     false_alarm_level_basis: str | None = None  # how it was chosen: "whole rows" or "markov" (drift/level.py)
     window_id: str = ""  # set by the monitor's evaluator (service/history.py), "" offline
 
@@ -153,7 +155,8 @@ class WindowResult:
 @dataclass(frozen=True)
 class _Calibration:
     on: bool
-    level: float  # per-feature chance of a noise-floor exceedance without drift
+    levels: tuple[float, ...]  # per-feature chance of a noise-floor exceedance without drift, per size of
+    # noise.GRID (`level.LevelChoice`), or one for every size
     quality_level: float  # the data-quality checks' (see `_calibration`)
     status: str
     basis: str | None = None  # how the level was chosen: "whole rows" or "markov" (drift/level.py)
@@ -164,38 +167,51 @@ _EMPTY = {ColumnKind.NUMERICAL: ColumnSample(ColumnKind.NUMERICAL, values=np.zer
                                                counts=np.zeros(0, dtype=np.int64))}
 
 
-def _planned_measure(spec_method: str | None, drift: DriftSettings, ref_col: ReferenceColumn) -> str | None:
-    """The measure a feature's noise floor will be read for, known before any window: the
-    configured method's, or Evidently's choice from the reference alone (a window bringing new
-    values can change it for a column of at most 5 distinct values); None without floors."""
+def _planned(spec_method: str | None, spec_threshold: float | None, drift: DriftSettings,
+             ref_col: ReferenceColumn) -> tuple[str | None, float | None]:
+    """The measure a feature's noise floor will be read for, known before any window (the
+    configured method's, or Evidently's choice from the reference alone: a window bringing new
+    values can change it for a column of at most 5 distinct values; None without floors), and
+    the practical limit on that measure's scale: the threshold of a distance, the effect size
+    floor of a p-value method."""
     if ref_col.noise is None:
-        return None
+        return None, None
     kind = ref_col.kind
     name = spec_method or drift.method or (drift.num_method if kind is ColumnKind.NUMERICAL else drift.cat_method)
     method = get_method(name) if name else default_method(ref_col.sample, _EMPTY[ref_col.kind])
-    return method.measure if method.measure in ref_col.noise.measures() else None
+    if method.measure not in ref_col.noise.measures():
+        return None, None
+    if method.effect:
+        return method.measure, drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
+    threshold = spec_threshold if spec_threshold is not None else drift.threshold
+    return method.measure, threshold if threshold is not None else method.default_threshold
 
 
 def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
                  feature_names: tuple[str, ...]) -> _Calibration:
-    """The monitor's level, chosen once per reference (`drift/level.py`). The data-quality
+    """The monitor's levels, chosen once per reference (`drift/level.py`). The data-quality
     checks keep a tenth of the bound for any correlation: each is a signal on its own."""
     drift = settings.drift
     markov = min(feature_level(drift.false_alarm_rate, drift.drift_share, len(feature_names)),
                  drift.feature_false_alarm_rate / 2)
     quality = markov / QUALITY_CHECKS
+    flat = (markov,) * len(GRID)
     if drift.calibration == "off":
-        return _Calibration(False, markov, quality, "off")
+        return _Calibration(False, flat, quality, "off")
     if reference.calibration_note:
-        return _Calibration(True, markov, quality, f"unavailable: {reference.calibration_note}", "markov")
-    features = tuple((name, _planned_measure(settings.event.features[name].method, drift, reference.column(name)))
-                     for name in feature_names)
-    key = (features, drift.drift_share, drift.false_alarm_rate, drift.feature_false_alarm_rate)
+        return _Calibration(True, flat, quality, f"unavailable: {reference.calibration_note}", "markov")
+    specs = settings.event.features
+    planned = {n: _planned(specs[n].method, specs[n].threshold, drift, reference.column(n)) for n in feature_names}
+    key = (tuple((n, *planned[n]) for n in feature_names), drift.drift_share, drift.false_alarm_rate,
+           drift.feature_false_alarm_rate)
     choice = reference.levels.get(key)
     if choice is None:
-        choice = reference.levels[key] = choose_level(reference.joint, features, drift.drift_share,
-                                                      drift.false_alarm_rate, drift.feature_false_alarm_rate)
-    return _Calibration(True, choice.level, quality, "on", choice.basis)
+        choice = reference.levels[key] = choose_level(
+            reference.joint, [(n, planned[n][0]) for n in feature_names], drift.drift_share,
+            drift.false_alarm_rate, drift.feature_false_alarm_rate,
+            thresholds={n: t for n, (m, t) in planned.items() if m is not None and t is not None},
+            tables={n: t for n, (m, _) in planned.items() if m is not None and (t := reference.column(n).noise)})
+    return _Calibration(True, choice.levels, quality, "on", choice.basis)
 
 
 def prepare(reference: ReferenceProfile, settings: MonitorSettings, feature_names: tuple[str, ...]) -> None:
@@ -251,7 +267,7 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
     effect_floor = None
     if method.effect:
         effect_floor = drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
-    noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.level) if ref_col.noise else None
+    noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.levels) if ref_col.noise else None
     drifted, by = _verdict(method, score, thr, effect, effect_floor, noise)
     return FeatureDrift(name, kind, method.name, thr, score, drifted, cur.n, missing_ratio, exact, plain,
                         noise is not None, noise, effect, method.effect, effect_floor, by, quality)
@@ -301,8 +317,15 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
         dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
         evaluated_at=time.time(), duration_seconds=time.perf_counter() - started,
-        calibration=calib.status, false_alarm_level=calib.level if calib.on else None,
+        calibration=calib.status,
+        false_alarm_level=level_at(calib.levels, _n_eff(window.events, reference)) if calib.on else None,
         false_alarm_level_basis=calib.basis)
+
+
+def _n_eff(events: int, reference: ReferenceProfile) -> float:
+    """A window's size as the floors see it: n·N / (n + N), N the reference's rows."""
+    rows = max((c.rows for c in reference.columns.values()), default=0)
+    return events * rows / (events + rows) if events and rows else float(events)
 
 
 def _num(x: float | None) -> float | None:

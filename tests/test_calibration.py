@@ -169,9 +169,11 @@ def test_without_drift_few_features_and_almost_no_window_are_flagged(
             result = evaluate_window(window, reference, st, FEATURES)
             flagged[mode] += len(result.drifted_features)
             dataset[mode] += result.dataset_drift
-    # the dataset's rate allows more for these features: the level is the features' cap, half of their 1%
+    # the dataset's rate allows more for these features: the level is set by the features' budget, a
+    # mean of half their 1% (more for a feature where others rarely reach their thresholds), at most 1%
     assert result.false_alarm_level_basis == "whole rows"
-    assert result.false_alarm_level == pytest.approx(calibrated.drift.feature_false_alarm_rate / 2)
+    rate = calibrated.drift.feature_false_alarm_rate
+    assert rate / 2 <= result.false_alarm_level <= rate
     features = 1_000 * len(FEATURES)
     assert flagged["on"] <= 0.01 * features and dataset["on"] <= 1, (flagged, dataset)
     if size == 100:  # the test has teeth: Evidently's plain thresholds flag far more

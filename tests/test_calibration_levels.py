@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from driftline.service.drift import ColumnKind
-from driftline.service.drift.level import JointNoise, choose_level
-from driftline.service.drift.noise import feature_level
+from driftline.service.drift.level import JointNoise, choose_level, level_at
+from driftline.service.drift.noise import GRID, NoiseTable, TailFit, feature_level
 from driftline.service.drift.sim_rows import level_code
 from driftline.service.evaluation import evaluate_window, prepare
 from driftline.service.reference import ReferenceProfile, build_profile
@@ -59,6 +59,53 @@ def test_the_bound_for_any_correlation_is_the_fallback() -> None:
     alone = choose_level(_joint(np.random.default_rng(1).random((3, 2_000, 1))), [("c0", "wasserstein"), ("x", None)],
                          0.5, 0.001, 0.01)
     assert alone.basis == "markov"
+
+
+def _tables(reach: list[list[float]]) -> dict[str, NoiseTable]:
+    """Noise tables whose Wasserstein score reaches 0.1 with the chance reach[i][k] at GRID[k]
+    (an exponential tail from 0: chance exp(-x / scale) of reaching x); reach 1: 0.1 is within
+    the simulated windows' bulk (a tail fitted above 0.2)."""
+    def fit(r: float) -> TailFit:
+        return TailFit(0.2, 0.1, 0.01) if r >= 1 else TailFit(0.0, 1.0, -0.1 / math.log(r))
+    return {f"c{i}": NoiseTable(GRID, {"wasserstein": tuple(map(fit, per_size))}, {"wasserstein": (2_000,) * len(GRID)})
+            for i, per_size in enumerate(reach)}
+
+
+def test_a_feature_that_rarely_reaches_its_threshold_leaves_its_share_of_the_budget_to_the_others() -> None:
+    """The features' limit is on their mean: at most half of `feature_false_alarm_rate` flagged on
+    average. At a window size where a feature's practical threshold is itself rarely reached
+    (its floor below it: Evidently's verdict decides), the features whose floors decide get
+    what it leaves, each at most the whole rate; where every threshold is within the noise
+    (small windows), the level is half the rate, as for features that always reach them."""
+    joint = _joint(np.random.default_rng(2).random((3, 20_000, 4)))  # independent: the dataset rule is slack
+    features = [(f"c{i}", "wasserstein") for i in range(4)]
+    thresholds = {f"c{i}": 0.1 for i in range(4)}
+    slack = [1.0] * 4 + [0.001] * (len(GRID) - 4)  # c0 rarely reaches 0.1 from GRID[4] (1,000) on
+    choice = choose_level(joint, features, 0.5, 0.001, 0.01, thresholds, _tables([slack] + [[1.0] * len(GRID)] * 3))
+    assert choice.basis == "whole rows"
+    assert choice.levels[:4] == (0.005,) * 4
+    assert choice.levels[4] == pytest.approx((4 * 0.005 - 0.001) / 3)  # the mean of min(q, reach) is 0.005
+    quiet = choose_level(joint, features, 0.5, 0.001, 0.01, thresholds, _tables([[0.002] * len(GRID)] * 4))
+    assert quiet.levels == (0.01,) * len(GRID)  # all rarely reach: each at most the whole rate
+    assert choose_level(joint, features, 0.5, 0.001, 0.01).levels == (0.005,) * len(GRID)  # thresholds unknown
+    # the dataset's rate still bounds it: copies of one feature drift together
+    copies = choose_level(_joint(np.repeat(np.random.default_rng(3).random((3, 20_000, 1)), 4, axis=2)),
+                          features, 0.5, 0.001, 0.01, thresholds, _tables([[0.002] * len(GRID)] * 4))
+    assert max(copies.levels) <= 1.3e-3, copies
+    # the window's level: log-log between the sizes, constant beyond
+    assert level_at(choice.levels, 50) == 0.005 and level_at(choice.levels, 1e6) == choice.levels[-1]
+    assert 0.005 < level_at(choice.levels, 800) < choice.levels[4]
+
+
+def test_the_chance_of_reaching_a_value_beyond_the_simulated_sizes_follows_the_floors_law() -> None:
+    """A column simulated up to 1,000 values: at 4,000 the chance of reaching 0.1 is the one of
+    reaching 0.2 at 1,000 (distances shrink with n^-1/2), as the floor's extrapolation has it."""
+    [table] = _tables([[0.05] * 5]).values()
+    table = NoiseTable(GRID[:5], table.fits, table.replicates)
+    beyond = table.chance("wasserstein", 4_000, 0.1)
+    assert beyond == pytest.approx(table.chance("wasserstein", 1_000, 0.2)) and beyond == pytest.approx(0.05 ** 2)
+    floor = table.floor("wasserstein", 4_000, 10 ** 9, beyond)
+    assert floor == pytest.approx(0.1, rel=1e-3)
 
 
 def test_a_profile_without_whole_row_windows_falls_back_to_the_bound(

@@ -1,22 +1,30 @@
-"""The level of a monitor's noise floors: chosen for its features and `drift_share`, when it
-first evaluates a window against a profile.
+"""The level of a monitor's noise floors: chosen for its features, their practical thresholds
+and `drift_share`, when it loads a profile; one level per window size.
 
 A feature drifts at level q when its score reaches the noise floor at q (and Evidently's
 verdict holds); a window is declared dataset drift when at least d of its j features drift
 (d = `noise.needed(drift_share, j)`). Two limits, with no drift, at every window size:
 
 - **features**: at most `feature_false_alarm_rate` (1%) of them flagged. A feature is flagged at
-  most as often as its floor is reached, q on average, so q is at most half of that rate: the
-  other half is the margin for the floors' own error (their fitted tails are reached by up to
-  twice the nominal share of windows for an unlucky fit, see `noise.TailFit`).
+  most as often as the smaller of q and the chance that its score reaches its practical
+  threshold at all (`NoiseTable.chance`, read off the same fitted tails): where that chance is
+  below q its floor is below the threshold and Evidently's verdict decides. So at each size of
+  `noise.GRID` q is the largest level at which the mean over the features of min(q, chance) is
+  at most half of that rate (`_water_fill`), and at most the whole rate for any one feature:
+  on small windows, where every threshold is within the noise, that is half the rate for all;
+  on larger ones a feature that rarely reaches its threshold leaves its share to the features
+  whose floors still decide (a small reference's, typically). The other half of the rate is the
+  margin for the floors' own error (their fitted tails are reached by up to twice the nominal
+  share of windows for an unlucky fit, see `noise.TailFit`).
 - **dataset**: at most `false_alarm_rate` (1 in 1,000) of windows declared dataset drift. The
   profile holds, for windows of whole training rows (`sim_rows.py`), each column's exceedance
   level under every measure: a window is dataset drift at level q when the d-th smallest of
   its features' levels is at most q. Its chance is read off those windows, the far tail of
   -log(d-th smallest level) fitted like any noise floor's (`noise.TailFit`: the chance falls
   as a power of q, the exponent 1 for copies of one feature, d for independent ones), at each
-  simulated size; q is the largest level whose fitted chance stays within the rate at all of
-  them. It holds for the features' actual correlation, as the training rows show it.
+  simulated size; q is at most the largest level whose fitted chance stays within the rate at
+  all of them. It holds for the features' actual correlation, as the training rows show it
+  (counting every feature as reaching its threshold: an upper bound on the dataset's rate).
 
 Where no such estimate can be made (a profile built before whole-row windows, a feature whose
 column has no simulated levels), the level falls back to Markov's bound, true for any
@@ -26,13 +34,14 @@ correlation: P(at least d of j drift) <= j·q / d, so q = rate · min over j of 
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .noise import TailFit, feature_level, needed
+from .noise import GRID, NoiseTable, TailFit, feature_level, needed
 from .sim_rows import CODES_PER_DECADE
 
 _LN10 = math.log(10)
@@ -53,36 +62,87 @@ class JointNoise:
 
 @dataclass(frozen=True)
 class LevelChoice:
-    level: float  # per feature and window
+    """The level per feature and window at each size of `noise.GRID` (on the n_eff scale of
+    `NoiseTable.floor`), and how it was chosen."""
+
+    levels: tuple[float, ...]
     basis: str  # "whole rows": estimated from the whole-row windows; "markov": the bound for any correlation
-    dataset_rate: float | None  # whole rows: the estimated share of windows declared dataset drift at `level`
+    dataset_rate: float | None  # whole rows: the largest estimated share of windows declared dataset drift
     note: str | None = None  # markov: why the whole-row estimate was not used
+
+    @property
+    def level(self) -> float:
+        """The level of the smallest windows (100 values), where every floor is above its threshold."""
+        return self.levels[0]
+
+
+def level_at(levels: Sequence[float], n_eff: float) -> float:
+    """The level of a window of n_eff values (on the n_eff scale of `NoiseTable.floor`): log-log
+    between the sizes of `GRID`, constant beyond them."""
+    if n_eff <= GRID[0] or n_eff >= GRID[-1]:
+        return float(levels[0] if n_eff <= GRID[0] else levels[-1])
+    i = bisect.bisect_right(GRID, n_eff) - 1
+    low, high = levels[i], levels[i + 1]
+    if low == high:
+        return float(low)
+    return math.exp(math.log(low) + math.log(n_eff / GRID[i]) / math.log(GRID[i + 1] / GRID[i]) * math.log(high / low))
 
 
 def choose_level(joint: JointNoise | None, features: Sequence[tuple[str, str | None]], drift_share: float,
-                 dataset_level: float, feature_rate: float) -> LevelChoice:
-    """The level for these (column, measure) features; measure None: a feature without noise
-    floors, which drifts on Evidently's verdict alone (counted here as drifting in every window)."""
+                 dataset_level: float, feature_rate: float, thresholds: Mapping[str, float] | None = None,
+                 tables: Mapping[str, NoiseTable] | None = None) -> LevelChoice:
+    """The levels for these (column, measure) features; measure None: a feature without noise
+    floors, which drifts on Evidently's verdict alone (counted here as drifting in every window).
+    `thresholds` (column -> the practical threshold on its measure's scale) and `tables` (the
+    columns' noise tables) tell how often each feature reaches its threshold at all; without
+    them a feature is taken to reach it in every window, and the level is the same at every size."""
     j = len(features)
-    cap = feature_rate / 2
-    markov = min(feature_level(dataset_level, drift_share, max(j, 1)), cap)
+    markov = min(feature_level(dataset_level, drift_share, max(j, 1)), feature_rate / 2)
+    flat = (markov,) * len(GRID)
     if joint is None:
-        return LevelChoice(markov, "markov", None, "the profile has no whole-row windows (rebuild it)")
+        return LevelChoice(flat, "markov", None, "the profile has no whole-row windows (rebuild it)")
     missing = [c for c, m in features if m is not None and not joint.has(c, m)]
     if missing:
-        return LevelChoice(markov, "markov", None, f"no whole-row levels for {', '.join(missing)}")
+        return LevelChoice(flat, "markov", None, f"no whole-row levels for {', '.join(missing)}")
     calibrated = [(c, m) for c, m in features if m is not None]
     d = needed(drift_share, max(j, 1)) - (j - len(calibrated))
     if d <= 0 or not calibrated:
-        return LevelChoice(markov, "markov", None, "features without noise floors alone reach drift_share")
+        return LevelChoice(flat, "markov", None, "features without noise floors alone reach drift_share")
     fits = [_fit(np.stack([joint.codes[c][m][s] for c, m in calibrated], axis=1), d)
             for s in range(len(joint.sizes))]
-    estimated = min(math.exp(-fit.quantile("joint", dataset_level)) for fit in fits)
-    if estimated <= markov:
-        return LevelChoice(markov, "markov", None, "the whole-row estimate is no better than the bound")
-    level = min(estimated, cap)
-    rate = max(float(_chance(fit, level)) for fit in fits)
-    return LevelChoice(level, "whole rows", rate)
+    dataset = min(math.exp(-fit.quantile("joint", dataset_level)) for fit in fits)
+    levels = []
+    for size in GRID:
+        reach = [_reach(c, m, size, thresholds, tables) for c, m in calibrated] + [1.0] * (j - len(calibrated))
+        levels.append(max(markov, min(dataset, _water_fill(reach, feature_rate / 2, feature_rate))))
+    if max(levels) <= markov:
+        return LevelChoice(flat, "markov", None, "the whole-row estimate is no better than the bound")
+    return LevelChoice(tuple(levels), "whole rows", max(_chance(fit, max(levels)) for fit in fits))
+
+
+def _reach(column: str, measure: str, size: int, thresholds: Mapping[str, float] | None,
+           tables: Mapping[str, NoiseTable] | None) -> float:
+    """The fitted chance that the feature's score reaches its practical threshold on a window
+    of `size` without drift (1 when unknown)."""
+    if not thresholds or not tables or column not in thresholds or column not in tables:
+        return 1.0
+    return tables[column].chance(measure, size, thresholds[column])
+
+
+def _water_fill(reach: Sequence[float], budget: float, cap: float) -> float:
+    """The largest level q <= cap at which the features' mean chance of drifting without drift,
+    mean(min(q, reach)), stays within `budget`: a feature rarely reaching its threshold uses
+    little of the budget, the rest goes to the features whose floors decide."""
+    r = np.sort(np.asarray(reach, dtype=np.float64))
+    n = r.size
+    if n == 0 or np.minimum(cap, r).mean() <= budget:
+        return cap
+    below = np.concatenate([[0.0], np.cumsum(r)])  # below[m]: the m smallest reaches' sum
+    for m in range(n):  # q in [r[m-1], r[m]]: the m smallest contribute their reach, the others q
+        q = (budget * n - below[m]) / (n - m)
+        if q <= r[m]:
+            return float(min(q, cap))
+    return cap
 
 
 def _fit(codes: np.ndarray, d: int) -> TailFit:

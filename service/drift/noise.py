@@ -127,20 +127,23 @@ class NoiseTable:
     sizes: tuple[int, ...]
     fits: dict[str, tuple[TailFit, ...]]
     replicates: dict[str, tuple[int, ...]]  # windows simulated per size
-    _floors: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    _floors: dict[tuple[str, float | tuple[float, ...]], np.ndarray] = field(default_factory=dict, compare=False,
+                                                                             repr=False)
 
     def measures(self) -> frozenset[str]:
         return frozenset(self.fits)
 
-    def floor(self, measure: str, n: int, n_reference: int, level: float) -> float | None:
-        """The noise floor of `measure` for a window of `n` values, or None if not simulated."""
+    def floor(self, measure: str, n: int, n_reference: int, level: float | tuple[float, ...]) -> float | None:
+        """The noise floor of `measure` for a window of `n` values, or None if not simulated;
+        `level` one for every size, or one per size of `GRID` (`level.LevelChoice.levels`)."""
         fits = self.fits.get(measure)
         if not fits or n <= 0:
             return None
         n_eff = n * n_reference / (n + n_reference)
         key = (measure, level)
         if key not in self._floors:  # a monitor asks at one level: the per-size floors once
-            self._floors[key] = np.array([f.quantile(measure, level) for f in fits])
+            levels = level if isinstance(level, tuple) else (level,) * len(fits)
+            self._floors[key] = np.array([f.quantile(measure, q) for f, q in zip(fits, levels, strict=False)])
         floors = self._floors[key]
         sizes = np.array(self.sizes[:len(fits)], dtype=np.float64)
         if np.isinf(floors).any():
@@ -161,6 +164,22 @@ class NoiseTable:
         if f0 > 0 and f1 > 0:
             return float(math.exp(math.log(f0) + t * math.log(f1 / f0)))
         return float(f0 + t * (f1 - f0))
+
+    def chance(self, measure: str, size: int, value: float) -> float:
+        """The fitted chance that a window of `size` values (on the n_eff scale of `floor`)
+        without drift reaches `value` of `measure`: at a simulated size its tail's, beyond the
+        largest one that tail's at the value the asymptotic law of `floor` scales back to it.
+        1 where the value is within the simulated windows' bulk (reached too often to matter)."""
+        fits = self.fits.get(measure)
+        if not fits:
+            return 1.0
+        sizes = self.sizes[:len(fits)]
+        i = sizes.index(size) if size in sizes else len(fits) - 1
+        if size > sizes[i]:
+            law = -1.0 if measure in DIVERGENCES else -0.5
+            value = value * (size / sizes[i]) ** -law
+        found = fits[i].survival(measure, np.array([value]))[0]
+        return 1.0 if math.isnan(found) else float(found)
 
     def to_json(self) -> dict[str, Any]:
         return {"sizes": list(self.sizes), "replicates": {m: list(r) for m, r in self.replicates.items()},
