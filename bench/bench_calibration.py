@@ -77,8 +77,8 @@ def false_alarms(ref: ReferenceProfile, workdir: Path, count: int) -> None:
     off, on = settings(workdir, calibration="off"), settings(workdir)
     [w] = windows(Population(), 100, 1, seed=0)
     r = evaluate_window(w, ref, on, FEATURES)
-    print(f"  level {r.false_alarm_level:.3g} per feature ({getattr(r, 'false_alarm_level_basis', None)}), "
-          f"{len(FEATURES)} features, drift_share 0.5")
+    print(f"  level {r.false_alarm_level:.3g} per feature at 100 events "
+          f"({getattr(r, 'false_alarm_level_basis', None)}), {len(FEATURES)} features, drift_share 0.5")
     print(f"  {'window':>7}  {'Evidently: features flagged':>28}  {'dataset drift':>14}  "
           f"{'driftline: features flagged':>28}  {'dataset drift':>14}")
     for size in SIZES:

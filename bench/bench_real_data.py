@@ -139,7 +139,8 @@ def main() -> int:
         r = evaluate_window(splits[0].replay(100, 1)[0], splits[0].reference, splits[0].modes["on"],
                             tuple(splits[0].columns))
         print(f"{name}: {len(data):,} rows, {len(data.columns)} columns, reference of {len(data) // 2:,} rows, "
-              f"{args.splits} splits; level {r.false_alarm_level:.2g} per feature ({r.false_alarm_level_basis})")
+              f"{args.splits} splits; level {r.false_alarm_level:.2g} per feature at 100 events "
+              f"({r.false_alarm_level_basis})")
         print(f"1. no drift: the held-out half replayed, up to {args.windows} windows a size and split")
         no_drift(splits, quiet_sizes, args.windows)
         print(f"2. drift: rows drawn with weight exp(beta * z({column})), {args.sequences} sequences a scenario")

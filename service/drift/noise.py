@@ -5,7 +5,7 @@ itself and scored against it (`simulate.py`); here the scores of each (measure, 
 summarised by the tail of their distribution, and looked up at evaluation time:
 
 - **Tail.** Drift must be rare on windows without drift (a per-feature level q of 1 in 1,000 to
-  1 in 200, see `level.py`), beyond what the simulated windows show directly. The tail above the
+  1 in 100, see `level.py`), beyond what the simulated windows show directly. The tail above the
   simulations' top 100 (or their 90th percentile, with fewer than 1,000) is fitted as a
   generalised Pareto (peaks over threshold; shape by probability-weighted moments, `gpd.py`),
   and the floor is its value exceeded with probability q, on the measure's distance scale (PSI

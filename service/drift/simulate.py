@@ -47,7 +47,7 @@ from .sim_rows import JOINT_WINDOWS, ColumnRows, canonical_order, column_levels,
 
 # Windows a size: many small ones, where the floors decide most often. The tail is fitted above
 # the top 100 (`noise.TailFit`): 10,000 windows put that at the 99th percentile, one decade from
-# the levels used (1 in 1,000 to 1 in 200), so the extrapolation, and its error, stay short.
+# the levels used (1 in 1,000 to 1 in 100), so the extrapolation, and its error, stay short.
 COUNT_WORK = 400_000  # count-based measures: COUNT_WORK / m windows of m values …
 REPLICATES = (1_000, 4_000)  # … within these bounds
 ECDF_WORK = 1_000_000  # empirical-CDF measures: ECDF_WORK / m windows (each costs m values) …
