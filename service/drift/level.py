@@ -72,7 +72,7 @@ class LevelChoice:
 
     @property
     def level(self) -> float:
-        """The level of the smallest windows (100 values), where every floor is above its threshold."""
+        """The level of the smallest windows (100 values), where most floors are above their thresholds."""
         return self.levels[0]
 
 
