@@ -36,15 +36,16 @@ ops-tools:
 		|| echo "ops-tools: could not install$$pkgs (missing:$$missing)"
 
 # most of the suite waits on brokers, services and wall-clock windows: three workers (pytest-xdist),
-# each test file whole on one of them (its fixtures set up once); TEST_WORKERS=0 runs in one process
+# each test file whole on one of them (its fixtures set up once), the longest files first
+# (tests/conftest.py); TEST_WORKERS=0 runs in one process
 TEST_WORKERS ?= 3
 test: $(STAMP) ops-tools
-	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # the inner loop: everything but the tests that start a broker or a service, and the slow files
 # (tests/conftest.py); `make test` runs them all
 unit: $(STAMP)
-	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration and not slow" $(PYTEST_ARGS)
+	DO_NOT_TRACK=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -104,11 +104,24 @@ _SLOW_FILES = {"test_calibration.py", "test_calibration_levels.py", "test_calibr
                "test_offline.py", "test_ops_deploy.py", "test_report.py", "test_report_browser.py"}
 
 
+# the files that take longest in all (`make test PYTEST_ARGS=--durations=0`), longest first: the
+# workers take files in collection order (the Makefile turns xdist's own order, by the number of
+# tests a file has, off), so these start first and the many short files fill in around them,
+# and no long file is left to run alone at the end
+_LONGEST_FIRST = ("test_offline.py", "test_evaluation_vs_evidently.py", "test_report.py", "test_resilience.py",
+                  "test_e2e.py", "test_crash_count_windows.py", "test_standby.py", "test_fuzz.py", "test_crash.py",
+                  "test_demo.py", "test_backlog.py", "test_reference.py", "test_calibration_real_data.py",
+                  "test_calibration.py", "test_ops_deploy.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a broker or a service are `integration` wherever they are, the ones of
-    `_SLOW_FILES` are `slow`: `make unit` runs the others (`pytest -m "not integration and not slow"`)."""
+    `_SLOW_FILES` are `slow`: `make unit` runs the others (`pytest -m "not integration and not slow"`).
+    The files of `_LONGEST_FIRST` come first, in its order."""
     for item in items:
         if _SERVERS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
         if item.path.name in _SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
