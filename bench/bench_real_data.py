@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_data, run from anywhere
 
+from driftline.service.drift.noise import GRID
 from driftline.service.evaluation import evaluate_window
 
 from tests.real_data import Split, load
@@ -141,6 +142,9 @@ def main() -> int:
         print(f"{name}: {len(data):,} rows, {len(data.columns)} columns, reference of {len(data) // 2:,} rows, "
               f"{args.splits} splits; level {r.false_alarm_level:.2g} per feature at 100 events "
               f"({r.false_alarm_level_basis})")
+        [choice] = splits[0].reference.levels.values()  # the monitor's levels by window size (drift/level.py)
+        print("  levels by window size (n·N/(n+N) values): "
+              + ", ".join(f"{size:,}: 1 in {1 / q:.0f}" for size, q in zip(GRID, choice.levels, strict=True)))
         print(f"1. no drift: the held-out half replayed, up to {args.windows} windows a size and split")
         no_drift(splits, quiet_sizes, args.windows)
         print(f"2. drift: rows drawn with weight exp(beta * z({column})), {args.sequences} sequences a scenario")
