@@ -18,9 +18,9 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from .evaluation import result_from_json
 from .history import window_json
 from .profile import ProfileFormatError, WindowProfile
+from .result_json import result_from_json
 
 if TYPE_CHECKING:
     from .monitor import Monitor

@@ -29,13 +29,12 @@ them decided. `drift.calibration: off` gives Evidently's plain thresholds exactl
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -176,15 +175,10 @@ def _planned(spec_method: str | None, spec_threshold: float | None, drift: Drift
     floor of a p-value method."""
     if ref_col.noise is None:
         return None, None
-    kind = ref_col.kind
-    name = spec_method or drift.method or (drift.num_method if kind is ColumnKind.NUMERICAL else drift.cat_method)
-    method = get_method(name) if name else default_method(ref_col.sample, _EMPTY[ref_col.kind])
+    method = _pick_method(spec_method, drift, ref_col.kind, ref_col.sample, _EMPTY[ref_col.kind])
     if method.measure not in ref_col.noise.measures():
         return None, None
-    if method.effect:
-        return method.measure, drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
-    threshold = spec_threshold if spec_threshold is not None else drift.threshold
-    return method.measure, threshold if threshold is not None else method.default_threshold
+    return method.measure, _effect_floor(method, drift) if method.effect else _threshold(method, spec_threshold, drift)
 
 
 def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
@@ -227,6 +221,19 @@ def _pick_method(spec_method: str | None, drift: DriftSettings, kind: ColumnKind
     return get_method(name) if name else default_method(ref, cur)
 
 
+def _threshold(method: DriftMethod, spec_threshold: float | None, drift: DriftSettings) -> float:
+    """The feature's configured threshold, else the monitor's, else the method's default."""
+    if spec_threshold is not None:
+        return spec_threshold
+    return drift.threshold if drift.threshold is not None else method.default_threshold
+
+
+def _effect_floor(method: DriftMethod, drift: DriftSettings) -> float:
+    """A p-value method's effect size floor: the configured one, else its effect's default."""
+    assert method.effect is not None
+    return drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
+
+
 def _verdict(method: DriftMethod, score: float, threshold: float, effect: float | None,
              effect_floor: float | None, noise: float | None) -> tuple[bool, str]:
     """(drifted, decided_by) with calibration on.
@@ -255,8 +262,7 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
     if not evaluate or cur.n == 0:
         return FeatureDrift(name, kind, None, None, None, False, cur.n, missing_ratio, exact, quality=quality)
     method = _pick_method(method_name, drift, kind, ref, cur)
-    thr = threshold if threshold is not None else (
-        drift.threshold if drift.threshold is not None else method.default_threshold)
+    thr = _threshold(method, threshold, drift)
     score = method.score(ref, cur)
     plain = method.verdict.drifted(score, thr)
     effect = EFFECTS[method.effect].size(ref, cur) if method.effect else None
@@ -264,9 +270,7 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
         return FeatureDrift(name, kind, method.name, thr, score, plain, cur.n, missing_ratio, exact, plain,
                             effect_size=effect, effect_size_measure=method.effect, decided_by="threshold",
                             quality=quality)
-    effect_floor = None
-    if method.effect:
-        effect_floor = drift.effect_size_floors.get(method.name, EFFECTS[method.effect].default_floor)
+    effect_floor = _effect_floor(method, drift) if method.effect else None
     noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.levels) if ref_col.noise else None
     drifted, by = _verdict(method, score, thr, effect, effect_floor, noise)
     return FeatureDrift(name, kind, method.name, thr, score, drifted, cur.n, missing_ratio, exact, plain,
@@ -326,85 +330,3 @@ def _n_eff(events: int, reference: ReferenceProfile) -> float:
     """A window's size as the floors see it: n·N / (n + N), N the reference's rows."""
     rows = max((c.rows for c in reference.columns.values()), default=0)
     return events * rows / (events + rows) if events and rows else float(events)
-
-
-def _num(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-def quality_json(q: FeatureQuality | None) -> dict[str, Any] | None:
-    if q is None:
-        return None
-    return {"issues": list(q.issues), "missing_ratio": q.missing_ratio,
-            "reference_missing_ratio": q.reference_missing_ratio, "out_of_range_ratio": q.out_of_range_ratio,
-            "unseen_category_ratio": q.unseen_category_ratio, "expected_unseen_ratio": q.expected_unseen_ratio,
-            "unseen_categories": q.unseen_categories,
-            "unseen_labels": [{"label": label, "count": n} for label, n in q.unseen_labels],
-            "type_errors": q.type_errors, "type_error_ratio": q.type_error_ratio}
-
-
-def quality_issues_json(r: WindowResult) -> list[dict[str, Any]]:
-    """The window's features with data-quality issues, and which."""
-    return [{"feature": f.feature, "issues": list(f.quality.issues)} for f in r.quality_issues if f.quality]
-
-
-def feature_json(f: FeatureDrift) -> dict[str, Any]:
-    return {"feature": f.feature, "type": f.kind.value, "method": f.method, "threshold": f.threshold,
-            "score": _num(f.score), "drifted": f.drifted, "values": f.values,
-            "missing_ratio": f.missing_ratio, "exact": f.exact, "plain_drifted": f.plain_drifted,
-            "calibrated": f.calibrated, "noise_floor": _num(f.noise_floor), "effect_size": _num(f.effect_size),
-            "effect_size_measure": f.effect_size_measure, "effect_size_floor": f.effect_size_floor,
-            "decided_by": f.decided_by, "data_quality": quality_json(f.quality)}
-
-
-def result_json(r: WindowResult | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
-            "window_end": r.window_end,
-            "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
-            "drift_share_threshold": r.drift_share_threshold,
-            "drifted_features": [f.feature for f in r.drifted_features],
-            "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
-            "false_alarm_level_basis": r.false_alarm_level_basis,
-            "data_quality_issues": quality_issues_json(r),
-            "features": [feature_json(f) for f in r.features],
-            "prediction": feature_json(r.prediction) if r.prediction else None,
-            "model_versions": r.model_versions, "reference_hash": r.reference_hash,
-            "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}
-
-
-def result_from_json(monitor: str, wid: str, result: str | dict[str, Any]) -> WindowResult:
-    """A stored result read back (as `result_json` wrote it): what the status API
-    and the gauges show after a restart, until the next window closes."""
-    r = json.loads(result) if isinstance(result, str) else result
-    return WindowResult(
-        monitor=monitor, horizon=r["horizon"], status=WindowStatus(r["status"]), window_start=r["window_start"],
-        window_end=r["window_end"], events=r["events"], features=tuple(_feature(f) for f in r["features"]),
-        prediction=_feature(r["prediction"]) if r.get("prediction") else None, drift_share=r["drift_share"],
-        drift_share_threshold=r["drift_share_threshold"], dataset_drift=r["dataset_drift"],
-        model_versions=dict(r.get("model_versions") or {}), reference_hash=r.get("reference_hash", ""),
-        evaluated_at=r["evaluated_at"], duration_seconds=r.get("evaluation_seconds", 0.0),
-        calibration=r.get("calibration", "off"), false_alarm_level=r.get("false_alarm_level"),
-        false_alarm_level_basis=r.get("false_alarm_level_basis"), window_id=wid)
-
-
-def _float(x: Any) -> float | None:
-    return None if x is None else float(x)
-
-
-def _feature(f: dict[str, Any]) -> FeatureDrift:
-    q = f.get("data_quality")
-    quality = None if q is None else FeatureQuality(
-        missing_ratio=q["missing_ratio"], reference_missing_ratio=q["reference_missing_ratio"],
-        out_of_range_ratio=q["out_of_range_ratio"], unseen_category_ratio=q["unseen_category_ratio"],
-        expected_unseen_ratio=q["expected_unseen_ratio"], unseen_categories=q["unseen_categories"],
-        unseen_labels=tuple((u["label"], u["count"]) for u in q["unseen_labels"]), type_errors=q["type_errors"],
-        type_error_ratio=q["type_error_ratio"], issues=tuple(q["issues"]))
-    return FeatureDrift(
-        feature=f["feature"], kind=ColumnKind(f["type"]), method=f["method"], threshold=f["threshold"],
-        score=_float(f["score"]), drifted=f["drifted"], values=f["values"], missing_ratio=f["missing_ratio"],
-        exact=f["exact"], plain_drifted=f.get("plain_drifted", False), calibrated=f.get("calibrated", False),
-        noise_floor=_float(f.get("noise_floor")), effect_size=_float(f.get("effect_size")),
-        effect_size_measure=f.get("effect_size_measure"), effect_size_floor=f.get("effect_size_floor"),
-        decided_by=f.get("decided_by"), quality=quality)

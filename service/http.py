@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from .evaluation import WindowResult, result_json
+from .evaluation import WindowResult
 from .history import report_link, report_path, result_id, window_json
+from .result_json import result_json
 
 if TYPE_CHECKING:
     from .app import Service

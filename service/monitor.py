@@ -23,13 +23,14 @@ from driftline.collectors.kafka import Polled
 
 from .config import MonitorSettings
 from .drift import ColumnKind, default_method, get_method
-from .evaluation import WindowResult, prepare, result_from_json, result_json
+from .evaluation import WindowResult, prepare
 from .evaluator import Evaluator
 from .history import result_id
 from .invalid import InvalidEvents
 from .metrics import EVENT_LAG_BUCKETS, LATENCY_BUCKETS, BatchHistogram, DriftlineMetrics
 from .profile import WindowProfile
 from .reference import ReferenceError, ReferenceProfile, load_profile
+from .result_json import result_from_json, result_json
 from .state import MonitorState
 from .store import ResultRow, Store
 from .trigger import RetrainTrigger

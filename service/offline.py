@@ -29,7 +29,7 @@ import pandas as pd
 from driftline.collectors.events import MISSING, DecodedBatch
 
 from .drift import ColumnKind, UnknownMethodError, get_method
-from .evaluation import WindowResult, evaluate_window, feature_json, quality_issues_json
+from .evaluation import WindowResult, evaluate_window
 from .identifiers import identifier_columns
 from .monitor import MonitorSetupError, feature_kinds
 from .offline_options import OfflineError, number, pairs, select, settings_for, split
@@ -44,6 +44,7 @@ from .reference import (
     load_profile,
     with_noise_floors,
 )
+from .result_json import feature_json, quality_issues_json
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
 HTML_TIMEOUT = 600.0  # a report of a large file against a large reference takes a minute or two

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import RetrainSettings
-from .evaluation import FeatureDrift, WindowResult, WindowStatus, quality_json
+from .evaluation import FeatureDrift, WindowResult, WindowStatus
 from .history import report_link, result_id
+from .result_json import quality_json
 from .store import Store
 
 EVENT_TYPE = "driftline.retrain.requested"

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from driftline.service.drift import ColumnKind
-from driftline.service.evaluation import evaluate_window, result_json
+from driftline.service.evaluation import evaluate_window
 from driftline.service.profile import WindowProfile
 from driftline.service.quality import label_shape_ok
 from driftline.service.reference import ReferenceProfile, build_profile
+from driftline.service.result_json import result_json
 
 from tests.simulation import settings
 
