@@ -13,15 +13,21 @@ against the threshold) stands, and two more conditions must hold for a feature t
 - the *noise floor*: the score, for a p-value method its effect size, is at least what a
   window of this many values drawn from the training data itself reaches with probability q
   (`drift/noise.py`). The level q is the monitor's for the window's size, chosen when it loads
-  a profile (`prepare`; else at its first window), for its features, their thresholds and
-  `drift_share` (`drift/level.py`): the largest at which whole-row windows of the training data
-  are declared dataset drift at most `drift.false_alarm_rate` of the time, and the features
-  are flagged on average at most half of `drift.feature_false_alarm_rate` (1 in 200 by default
-  on small windows; more for some features on larger ones, where others rarely reach their
-  thresholds). Small windows need a larger difference, large windows do not;
+  a profile (`prepare`; else at its first window), for its features and their thresholds
+  (`drift/level.py`): the features are flagged on average at most half of
+  `drift.feature_false_alarm_rate` (1 in 200 by default on small windows; more for some features
+  on larger ones, where others rarely reach their thresholds). Small windows need a larger
+  difference, large windows do not;
 - for p-value methods the *effect size floor*: the effect size is at least the smallest
   difference worth acting on (`drift/effects.py`), so that a huge window does not flag a
   difference nobody would act on.
+
+The dataset rule counts the features beyond the floor of the dataset's level q_d <= q: the
+largest at which whole-row windows of the training data are declared dataset drift at most
+`drift.false_alarm_rate` of the time, for `drift_share` and the features' correlation. Mostly
+q_d = q and it counts the drifted features, as Evidently does; where one drifted feature is
+enough (or the features drift together) its floor is the stricter one, and a feature can drift
+without counting (`counts_for_dataset`).
 
 Every feature reports Evidently's own verdict (`plain_drifted`), the limits and which of
 them decided. `drift.calibration: off` gives Evidently's plain thresholds exactly.
@@ -32,7 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -101,6 +107,8 @@ class FeatureDrift:
     effect_size_floor: float | None = None  # p-value methods, calibration on: the smallest that drifts
     decided_by: str | None = None  # threshold | effect_size_floor | noise_floor (see `_verdict`)
     quality: FeatureQuality | None = None
+    dataset_noise_floor: float | None = None  # the floor at the dataset rule's level (>= noise_floor)
+    counts_for_dataset: bool = False  # beyond every limit at the dataset's floor too: counted by the dataset rule
 
     @property
     def decision_threshold(self) -> float | None:
@@ -125,14 +133,16 @@ class WindowResult:
     prediction: FeatureDrift | None
     drift_share: float
     drift_share_threshold: float
-    dataset_drift: bool
+    dataset_drift: bool  # the share of features counted for the dataset reached drift_share_threshold
     model_versions: dict[str, int]
     reference_hash: str
     evaluated_at: float
     duration_seconds: float
     calibration: str = "off"  # on | off | unavailable: why
     false_alarm_level: float | None = None  # calibration on: the per-feature level of the floors at this size
-    false_alarm_level_basis: str | None = None  # how it was chosen: "whole rows" or "markov" (drift/level.py)
+    dataset_false_alarm_level: float | None = None  # calibration on: the level of the dataset rule's floors
+    dataset_share: float = 0.0  # share of the evaluated features counted for the dataset (<= drift_share)
+    false_alarm_level_basis: str | None = None  # how the dataset's was chosen: "whole rows" or "markov"
     window_id: str = ""  # set by the monitor's evaluator (service/history.py), "" offline
 
     @property
@@ -155,10 +165,11 @@ class WindowResult:
 class _Calibration:
     on: bool
     levels: tuple[float, ...]  # per-feature chance of a noise-floor exceedance without drift, per size of
-    # noise.GRID (`level.LevelChoice`), or one for every size
+    # noise.GRID (`level.LevelChoice`)
+    dataset_levels: tuple[float, ...]  # the dataset rule's, per size (<= levels)
     quality_level: float  # the data-quality checks' (see `_calibration`)
     status: str
-    basis: str | None = None  # how the level was chosen: "whole rows" or "markov" (drift/level.py)
+    basis: str | None = None  # how the dataset's level was chosen: "whole rows" or "markov" (drift/level.py)
 
 
 _EMPTY = {ColumnKind.NUMERICAL: ColumnSample(ColumnKind.NUMERICAL, values=np.zeros(0)),
@@ -191,9 +202,9 @@ def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
     quality = markov / QUALITY_CHECKS
     flat = (markov,) * len(GRID)
     if drift.calibration == "off":
-        return _Calibration(False, flat, quality, "off")
+        return _Calibration(False, flat, flat, quality, "off")
     if reference.calibration_note:
-        return _Calibration(True, flat, quality, f"unavailable: {reference.calibration_note}", "markov")
+        return _Calibration(True, flat, flat, quality, f"unavailable: {reference.calibration_note}", "markov")
     specs = settings.event.features
     planned = {n: _planned(specs[n].method, specs[n].threshold, drift, reference.column(n)) for n in feature_names}
     key = (tuple((n, *planned[n]) for n in feature_names), drift.drift_share, drift.false_alarm_rate,
@@ -205,7 +216,7 @@ def _calibration(settings: MonitorSettings, reference: ReferenceProfile,
             drift.false_alarm_rate, drift.feature_false_alarm_rate,
             thresholds={n: t for n, (m, t) in planned.items() if m is not None and t is not None},
             tables={n: t for n, (m, _) in planned.items() if m is not None and (t := reference.column(n).noise)})
-    return _Calibration(True, choice.levels, quality, "on", choice.basis)
+    return _Calibration(True, choice.levels, choice.dataset_levels, quality, "on", choice.basis)
 
 
 def prepare(reference: ReferenceProfile, settings: MonitorSettings, feature_names: tuple[str, ...]) -> None:
@@ -269,12 +280,18 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
     if not calib.on:
         return FeatureDrift(name, kind, method.name, thr, score, plain, cur.n, missing_ratio, exact, plain,
                             effect_size=effect, effect_size_measure=method.effect, decided_by="threshold",
-                            quality=quality)
+                            quality=quality, counts_for_dataset=plain)
     effect_floor = _effect_floor(method, drift) if method.effect else None
-    noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.levels) if ref_col.noise else None
+    noise = dataset_noise = None
+    if ref_col.noise:
+        noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.levels)
+        dataset_noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.dataset_levels)
     drifted, by = _verdict(method, score, thr, effect, effect_floor, noise)
+    counts = drifted and (dataset_noise == noise or _verdict(method, score, thr, effect, effect_floor,
+                                                              dataset_noise)[0])
     return FeatureDrift(name, kind, method.name, thr, score, drifted, cur.n, missing_ratio, exact, plain,
-                        noise is not None, noise, effect, method.effect, effect_floor, by, quality)
+                        noise is not None, noise, effect, method.effect, effect_floor, by, quality,
+                        dataset_noise, counts)
 
 
 def _type_errors(window: WindowView, count: int) -> list[int | None]:
@@ -307,23 +324,26 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
     pred_sample = window.prediction_sample()
     if pred_sample is not None and settings.event.prediction is not None:
         spec_p = settings.event.prediction
-        prediction = _column_drift("prediction", reference.column(spec_p.column), pred_sample,
-                                   window.prediction_missing, window.events, spec_p.method, spec_p.threshold,
-                                   drift, True, enough, calib, None)
+        prediction = replace(_column_drift("prediction", reference.column(spec_p.column), pred_sample,
+                                           window.prediction_missing, window.events, spec_p.method, spec_p.threshold,
+                                           drift, True, enough, calib, None), counts_for_dataset=False)
     evaluated = [f for f in features if f.method is not None]
     share = sum(f.drifted for f in evaluated) / len(evaluated) if evaluated else 0.0
+    dataset_share = sum(f.counts_for_dataset for f in evaluated) / len(evaluated) if evaluated else 0.0
+    n_eff = _n_eff(window.events, reference)
     status = WindowStatus.EVALUATED if enough else WindowStatus.INSUFFICIENT_DATA
     return WindowResult(
         monitor=settings.name, horizon=horizon or settings.window.labels[0], status=status,
         window_start=window.start, window_end=window.end,
         events=window.events, features=tuple(features), prediction=prediction, drift_share=share,
         drift_share_threshold=drift.drift_share,
-        dataset_drift=bool(enough and evaluated and share >= drift.drift_share),
+        dataset_drift=bool(enough and evaluated and dataset_share >= drift.drift_share),
         model_versions=dict(window.model_versions), reference_hash=reference.content_hash,
         evaluated_at=time.time(), duration_seconds=time.perf_counter() - started,
         calibration=calib.status,
-        false_alarm_level=level_at(calib.levels, _n_eff(window.events, reference)) if calib.on else None,
-        false_alarm_level_basis=calib.basis)
+        false_alarm_level=level_at(calib.levels, n_eff) if calib.on else None,
+        dataset_false_alarm_level=level_at(calib.dataset_levels, n_eff) if calib.on else None,
+        dataset_share=dataset_share, false_alarm_level_basis=calib.basis)
 
 
 def _n_eff(events: int, reference: ReferenceProfile) -> float:

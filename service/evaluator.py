@@ -70,9 +70,9 @@ class Evaluator:
                                                                            self._latest_evaluated.get(horizon)):
                     self._latest_evaluated[horizon] = result
             drifted = ", ".join(f.feature for f in result.drifted_features) or "none"
-            log.info("monitor %s %s window %s: %d events, %s, drift share %.2f, drifted: %s",
+            log.info("monitor %s %s window %s: %d events, %s, dataset drift %s (share %.2f), drifted: %s",
                      self.name, horizon, format_span(result.window_start, result.window_end), result.events,
-                     result.status.value, result.drift_share, drifted)
+                     result.status.value, "yes" if result.dataset_drift else "no", result.dataset_share, drifted)
 
     def seed(self, results: list[WindowResult]) -> None:
         """Stored results (the last ones before a restart or a takeover) shown as the latest

@@ -143,7 +143,7 @@ class MonitorCollector(Collector):
                 [m.name, m.configured_prediction_method(), horizon],
                 p.score if p is not None and p.score is not None and evaluated else math.nan)
             g["prediction_drift_detected"].add_metric([m.name, horizon], float(bool(p and p.drifted)))
-        g["dataset_drift_share"].add_metric([m.name, horizon], r.drift_share if evaluated and r else 0.0)
+        g["dataset_drift_share"].add_metric([m.name, horizon], r.dataset_share if evaluated and r else 0.0)
         g["dataset_drift_detected"].add_metric([m.name, horizon], float(bool(r and r.dataset_drift)))
         g["window_events"].add_metric([m.name, horizon], float(r.events) if r else 0.0)
         g["window_insufficient_data"].add_metric([m.name, horizon], float(bool(r and not evaluated)))
@@ -218,8 +218,9 @@ _GAUGES = (
     ("prediction_drift_score", "Drift score of the model's prediction in the latest window",
      ["monitor", "method", "horizon"]),
     ("prediction_drift_detected", "1 if the prediction distribution drifted", ["monitor", "horizon"]),
-    ("dataset_drift_share", "Share of features drifted in the latest evaluated window", ["monitor", "horizon"]),
-    ("dataset_drift_detected", "1 if the share of drifted features reached the monitor's drift_share",
+    ("dataset_drift_share", "Share of features the dataset rule counted in the latest evaluated window: drifted, "
+     "and beyond the dataset's noise floor where its false-alarm rate sets a stricter one", ["monitor", "horizon"]),
+    ("dataset_drift_detected", "1 if dataset_drift_share reached the monitor's drift_share",
      ["monitor", "horizon"]),
     ("window_events", "Events in the latest closed window", ["monitor", "horizon"]),
     ("window_insufficient_data", "1 if the latest closed window had fewer events than min_events",

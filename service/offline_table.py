@@ -10,7 +10,7 @@ def render_table(r: WindowResult, reference_line: str, current_line: str) -> str
     rows: list[tuple[str, ...]] = [_HEADER]
     rows += [_table_row(f) for f in r.features]
     if r.prediction is not None:
-        rows.append(_table_row(r.prediction))
+        rows.append(_table_row(r.prediction, counted=False))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):  # text columns left-aligned, numbers right-aligned
         if r.prediction is not None and n == len(rows) - 1:
@@ -18,35 +18,43 @@ def render_table(r: WindowResult, reference_line: str, current_line: str) -> str
         lines.append("  ".join(c.ljust(w) if _HEADER[i] in _TEXT else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     evaluated = sum(f.method is not None for f in r.features)
+    counted = "" if r.dataset_share == r.drift_share else (
+        f"; beyond the dataset's floors: {sum(f.counts_for_dataset for f in r.features)}, share {r.dataset_share:.4g}")
     lines += ["", f"dataset drift: {'YES' if r.dataset_drift else 'no'}, {len(r.drifted_features)} of "
-                  f"{evaluated} features drifted (share {r.drift_share:.4g}, "
+                  f"{evaluated} features drifted (share {r.drift_share:.4g}{counted}; "
                   f"drifts at {r.drift_share_threshold:g})"]
     lines += _quality_lines(r)
     return "\n".join(lines)
 
 
 _HEADER = ("feature", "type", "method", "threshold", "score", "effect_size", "effect_floor", "noise_floor",
-           "decided_by", "drifted", "values", "missing", "quality")
+           "dataset_floor", "decided_by", "drifted", "values", "missing", "quality")
 _TEXT = {"feature", "type", "method", "decided_by", "drifted", "quality"}
 
 
 def _calibration_line(r: WindowResult) -> str:
     if r.calibration != "on" or r.false_alarm_level is None:
         return r.calibration + (" (Evidently's plain thresholds)" if r.calibration == "off" else "")
+    dataset = r.dataset_false_alarm_level
+    rule = ("" if dataset is None or dataset == r.false_alarm_level else
+            f"; the dataset rule counts the features beyond the floor of level {dataset:.2g}")
     return (f"on: a feature drifts beyond its threshold and the noise floor of its window's size "
-            f"(level {r.false_alarm_level:.2g} per feature, {r.false_alarm_level_basis or 'markov'}; "
+            f"(level {r.false_alarm_level:.2g} per feature{rule}, {r.false_alarm_level_basis or 'markov'}; "
             f"Evidently's verdict alone: "
             f"{', '.join(f.feature for f in r.features if f.plain_drifted) or 'none'})")
 
 
-def _table_row(f: FeatureDrift) -> tuple[str, ...]:
+def _table_row(f: FeatureDrift, counted: bool = True) -> tuple[str, ...]:
+    """One column's row; `counted`: a feature the dataset rule may count (marked where it did not)."""
     def num(x: float | None, digits: int = 10) -> str:
         return "-" if x is None else f"{x:.{digits}g}"
 
     verdict = "no_values" if f.method is None else ("YES" if f.drifted else "no")
     issues = ",".join(f.quality.issues) if f.quality and f.quality.issues else "-"
     return (f.feature, f.kind.value, f.method or "-", num(f.threshold), num(f.score), num(f.effect_size, 4),
-            num(f.effect_size_floor, 4), num(f.noise_floor, 4), f.decided_by or "-", verdict, f"{f.values:,}",
+            num(f.effect_size_floor, 4), num(f.noise_floor, 4), num(f.dataset_noise_floor, 4), f.decided_by or "-",
+            verdict + (" (not counted)" if counted and f.drifted and not f.counts_for_dataset else ""),
+            f"{f.values:,}",
             f"{100 * f.missing_ratio:.1f}%", issues)
 
 

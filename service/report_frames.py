@@ -69,6 +69,12 @@ def columns_from_result(result: WindowResult, prediction_column: str | None = No
     reproduce; `prediction_column` names the prediction's reference column."""
     features = [ReportColumn.from_drift(f) for f in result.features]
     notes = [note for f in result.features for note in _unexpressed(f, f.feature)]
+    uncounted = [f.feature for f in result.drifted_features if not f.counts_for_dataset]
+    if uncounted:
+        notes.append(f"driftline's dataset rule counts a drifted feature only beyond the stricter noise floor of "
+                     f"the dataset's false-alarm level ({result.dataset_false_alarm_level:.2g}); it did not count "
+                     f"{', '.join(uncounted)}: dataset drift {'yes' if result.dataset_drift else 'no'} (share "
+                     f"{result.dataset_share:.3g}). Evidently's summary below counts every drifted feature.")
     pred = None
     if result.prediction is not None and prediction_column:
         pred = ReportColumn.from_drift(result.prediction, prediction_column)

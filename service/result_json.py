@@ -39,7 +39,8 @@ def feature_json(f: FeatureDrift) -> dict[str, Any]:
             "missing_ratio": f.missing_ratio, "exact": f.exact, "plain_drifted": f.plain_drifted,
             "calibrated": f.calibrated, "noise_floor": _num(f.noise_floor), "effect_size": _num(f.effect_size),
             "effect_size_measure": f.effect_size_measure, "effect_size_floor": f.effect_size_floor,
-            "decided_by": f.decided_by, "data_quality": quality_json(f.quality)}
+            "decided_by": f.decided_by, "dataset_noise_floor": _num(f.dataset_noise_floor),
+            "counts_for_dataset": f.counts_for_dataset, "data_quality": quality_json(f.quality)}
 
 
 def result_json(r: WindowResult | None) -> dict[str, Any] | None:
@@ -48,9 +49,10 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
     return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
             "window_end": r.window_end,
             "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
-            "drift_share_threshold": r.drift_share_threshold,
+            "drift_share_threshold": r.drift_share_threshold, "dataset_share": r.dataset_share,
             "drifted_features": [f.feature for f in r.drifted_features],
             "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
+            "dataset_false_alarm_level": r.dataset_false_alarm_level,
             "false_alarm_level_basis": r.false_alarm_level_basis,
             "data_quality_issues": quality_issues_json(r),
             "features": [feature_json(f) for f in r.features],
@@ -71,6 +73,9 @@ def result_from_json(monitor: str, wid: str, result: str | dict[str, Any]) -> Wi
         model_versions=dict(r.get("model_versions") or {}), reference_hash=r.get("reference_hash", ""),
         evaluated_at=r["evaluated_at"], duration_seconds=r.get("evaluation_seconds", 0.0),
         calibration=r.get("calibration", "off"), false_alarm_level=r.get("false_alarm_level"),
+        # results stored before the dataset had its own level: it was the features'
+        dataset_false_alarm_level=r.get("dataset_false_alarm_level", r.get("false_alarm_level")),
+        dataset_share=r.get("dataset_share", r["drift_share"]),
         false_alarm_level_basis=r.get("false_alarm_level_basis"), window_id=wid)
 
 
@@ -92,4 +97,6 @@ def _feature(f: dict[str, Any]) -> FeatureDrift:
         exact=f["exact"], plain_drifted=f.get("plain_drifted", False), calibrated=f.get("calibrated", False),
         noise_floor=_float(f.get("noise_floor")), effect_size=_float(f.get("effect_size")),
         effect_size_measure=f.get("effect_size_measure"), effect_size_floor=f.get("effect_size_floor"),
-        decided_by=f.get("decided_by"), quality=quality)
+        decided_by=f.get("decided_by"), quality=quality,
+        dataset_noise_floor=_float(f.get("dataset_noise_floor", f.get("noise_floor"))),
+        counts_for_dataset=f.get("counts_for_dataset", f["drifted"]))

@@ -70,10 +70,12 @@ def request_body(message_id: str, result: WindowResult, consecutive: int, now: f
                        # its drill-down report (needs the API's bearer token when one is set)
                        "report": report_link(base_url, result.monitor, result_id(result))},
             "drifted_features": [{**_drift(f), "feature": f.feature} for f in result.drifted_features],
-            "dataset_drift_share": result.drift_share,
+            # the share the dataset rule counted (drifted beyond the dataset's floors too)
+            "dataset_drift_share": result.dataset_share,
             "drift_share_threshold": result.drift_share_threshold,
             "calibration": result.calibration,
             "false_alarm_level": result.false_alarm_level,
+            "dataset_false_alarm_level": result.dataset_false_alarm_level,
             "false_alarm_level_basis": result.false_alarm_level_basis,
             "prediction_drift": None if result.prediction is None or result.prediction.method is None else {
                 **_drift(result.prediction), "drifted": result.prediction.drifted},
@@ -89,7 +91,8 @@ def _drift(f: FeatureDrift) -> dict[str, Any]:
     return {"method": f.method, "score": _finite(f.score), "threshold": f.threshold,
             "noise_floor": _finite(f.noise_floor), "effect_size": _finite(f.effect_size),
             "effect_size_measure": f.effect_size_measure, "effect_size_floor": f.effect_size_floor,
-            "decided_by": f.decided_by, "calibrated": f.calibrated}
+            "decided_by": f.decided_by, "calibrated": f.calibrated,
+            "dataset_noise_floor": _finite(f.dataset_noise_floor), "counts_for_dataset": f.counts_for_dataset}
 
 
 def _quality(f: FeatureDrift) -> dict[str, Any]:

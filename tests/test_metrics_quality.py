@@ -104,3 +104,42 @@ def test_the_gauges_carry_the_latest_result(tmp_path: Path) -> None:
     # a share that does not apply to the feature's kind is 0, never missing
     assert value("feature_out_of_range_ratio", "purpose") == 0.0
     assert value("feature_unseen_category_ratio", "amount") == 0.0
+
+
+def test_the_dataset_share_gauge_is_what_the_dataset_rule_counted(tmp_path: Path) -> None:
+    """A one-feature monitor whose feature drifts beyond its own noise floor but not beyond the
+    dataset's stricter one (level 1 in 1,000): the feature gauge says drifted, the dataset's
+    share and verdict say what the dataset rule counted, so the two dataset gauges agree."""
+    rng = np.random.default_rng(1)
+    training(20_000, rng).to_parquet(tmp_path / "t.parquet", index=False)
+    reference = build_profile(tmp_path / "t.parquet")
+    names = ("amount",)
+    st = settings(tmp_path, features=names)
+    floors = evaluate_window(window(training(1_000, rng)), reference, st, names).features[0]
+    assert floors.noise_floor is not None and floors.dataset_noise_floor is not None
+    assert floors.dataset_noise_floor > max(floors.noise_floor, floors.threshold or 0.0), floors
+    # a window whose score falls between the two lines: move `amount` until it does
+    base = training(1_000, np.random.default_rng(2))
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        shift = (low + high) / 2
+        frame = base.assign(amount=base["amount"] * (1 + shift))
+        f = evaluate_window(window(frame), reference, st, names).features[0]
+        if f.score is not None and f.score < max(f.noise_floor or 0.0, f.threshold or 0.0):
+            low = shift
+        elif f.score is not None and f.score >= (f.dataset_noise_floor or 0.0):
+            high = shift
+        else:
+            break
+    result = evaluate_window(window(frame), reference, st, names)
+    [f] = result.features
+    assert f.drifted and not f.counts_for_dataset and not result.dataset_drift, f
+    assert (result.drift_share, result.dataset_share) == (1.0, 0.0)
+    reg = CollectorRegistry()
+    view = View(result)
+    view.feature_names = names
+    reg.register(MonitorCollector([view]))
+    labels = {"monitor": "m", "horizon": "5m"}
+    assert reg.get_sample_value("driftline_feature_drift_detected", {**labels, "feature": "amount"}) == 1.0
+    assert reg.get_sample_value("driftline_dataset_drift_share", labels) == 0.0
+    assert reg.get_sample_value("driftline_dataset_drift_detected", labels) == 0.0

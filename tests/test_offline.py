@@ -169,6 +169,14 @@ def test_table_and_json_equal_evidently_report(tmp_path: Path, capsys: pytest.Ca
         assert (f["score"], f["plain_drifted"]) == (plain["score"], plain["drifted"])
         assert f["calibrated"] and f["noise_floor"] is not None and f["noise_floor"] > 0
         assert f["drifted"] == (f["plain_drifted"] and _beyond_limits(f))
+        # the dataset rule counts the drifted features beyond its own floor, never a lower one
+        assert f["dataset_noise_floor"] >= f["noise_floor"]
+        assert f["counts_for_dataset"] == (f["drifted"] and _beyond_limits(f, f["dataset_noise_floor"]))
+    scored = [f for f in calibrated["features"] if f["method"] is not None]
+    counted = sum(f["counts_for_dataset"] for f in scored) / len(scored)
+    assert calibrated["dataset_share"] == pytest.approx(counted) and counted <= calibrated["drift_share"]
+    assert calibrated["dataset_drift"] == (counted >= calibrated["drift_share_threshold"])
+    assert calibrated["dataset_false_alarm_level"] <= calibrated["false_alarm_level"]
     assert ours["rows"] == len(current) and ours["reference"]["rows"] == len(reference)
     assert ours["reference_hash"].startswith("sha256:")
     for f in ours["features"]:
@@ -185,12 +193,14 @@ def test_table_and_json_equal_evidently_report(tmp_path: Path, capsys: pytest.Ca
         assert ours["prediction"] is None
 
 
-def _beyond_limits(f: dict[str, Any]) -> bool:
-    """The calibrated verdict's extra conditions, from the reported limits alone."""
+def _beyond_limits(f: dict[str, Any], noise_floor: float | None = None) -> bool:
+    """The calibrated verdict's extra conditions, from the reported limits alone (at the
+    feature's noise floor, or the one given)."""
+    floor = f["noise_floor"] if noise_floor is None else noise_floor
     if f["effect_size_measure"]:  # a p-value method: its effect size against both floors
         assert f["effect_size"] is not None and f["effect_size_floor"] is not None
-        return bool(f["effect_size"] >= max(f["effect_size_floor"], f["noise_floor"]))
-    return bool(f["score"] >= f["noise_floor"])  # a distance (all here drift at score >= limit)
+        return bool(f["effect_size"] >= max(f["effect_size_floor"], floor))
+    return bool(f["score"] >= floor)  # a distance (all here drift at score >= limit)
 
 
 @pytest.mark.parametrize(("options", "preset"), [
@@ -308,8 +318,8 @@ def test_fail_on_drift_exits_3_on_drift_and_0_when_stable(pipeline_files: dict[s
     calm = run_driftline("--reference", train, "--current", stable, "--fail-on-drift", "--quiet")
     assert calm.returncode == 0, calm.stderr
     assert calm.stderr == ""
-    assert re.search(r"^feature +type +method +threshold +score +effect_size +effect_floor +noise_floor +decided_by "
-                     r"+drifted +values +missing +quality$", calm.stdout, re.M)
+    assert re.search(r"^feature +type +method +threshold +score +effect_size +effect_floor +noise_floor "
+                     r"+dataset_floor +decided_by +drifted +values +missing +quality$", calm.stdout, re.M)
     assert "calibration on: a feature drifts beyond its threshold and the noise floor" in calm.stdout
     assert "dataset drift: no, 0 of 13 features drifted" in calm.stdout
 

@@ -4,6 +4,7 @@ bounded; rendering runs in a worker with a timeout and loads nothing from elsewh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -245,7 +246,8 @@ def test_report_columns_carry_the_limit_that_decided_and_name_what_evidently_can
                             noise is not None, noise, **more)
 
     features = (feature("floored", "wasserstein", 0.1, 0.15, False, True, noise=0.2, decided_by="noise_floor"),
-                feature("plain", "wasserstein", 0.1, 0.15, True, True, noise=0.05, decided_by="threshold"),
+                feature("plain", "wasserstein", 0.1, 0.15, True, True, noise=0.05, decided_by="threshold",
+                        counts_for_dataset=True),
                 feature("small_effect", "ks", 0.05, 0.01, False, True, noise=0.02, effect_size=0.01,
                         effect_size_measure="ks_statistic", effect_size_floor=0.05, decided_by="effect_size_floor"),
                 feature("absent", None, None, None, False, False))
@@ -256,4 +258,12 @@ def test_report_columns_carry_the_limit_that_decided_and_name_what_evidently_can
                        ReportColumn("small_effect", "ks", 0.05), ReportColumn("absent")]
     assert prediction is None
     assert len(notes) == 1 and notes[0].startswith("small_effect: driftline's verdict (not drifted)")
+    # a drifted feature the dataset rule did not count (below the dataset's stricter floor) is named:
+    # Evidently's own summary counts every drifted feature
+    uncounted = dataclasses.replace(features[1], counts_for_dataset=False, dataset_noise_floor=0.2)
+    result = dataclasses.replace(result, features=(uncounted,), dataset_false_alarm_level=0.001, dataset_share=0.0)
+    _, _, notes = columns_from_result(result)
+    assert notes == ["driftline's dataset rule counts a drifted feature only beyond the stricter noise floor of the "
+                     "dataset's false-alarm level (0.001); it did not count plain: dataset drift no (share 0). "
+                     "Evidently's summary below counts every drifted feature."]
 

@@ -44,7 +44,8 @@ class FakeClock:
 
 def feature(name: str, drifted: bool, score: float | None = 0.2, method: str | None = "wasserstein",
             threshold: float | None = 0.1, kind: ColumnKind = ColumnKind.NUMERICAL) -> FeatureDrift:
-    return FeatureDrift(name, kind, method, threshold, score, drifted, values=500, missing_ratio=0.0, exact=True)
+    return FeatureDrift(name, kind, method, threshold, score, drifted, values=500, missing_ratio=0.0, exact=True,
+                        counts_for_dataset=drifted)
 
 
 class Windows:
@@ -63,11 +64,12 @@ class Windows:
                         feature("region", bool(drift), 0.001, "chisquare", 0.05, ColumnKind.CATEGORICAL))
         evaluated = [f for f in features if f.method is not None]
         share = sum(f.drifted for f in evaluated) / len(evaluated) if evaluated else 0.0
+        counted = sum(f.counts_for_dataset for f in evaluated) / len(evaluated) if evaluated else 0.0
         status = WindowStatus.INSUFFICIENT_DATA if drift is None else WindowStatus.EVALUATED
         return WindowResult(
             monitor=MONITOR, horizon="5m", status=status, window_start=start, window_end=start + WINDOW,
             events=events if drift is not None else 12, features=features, prediction=prediction,
-            drift_share=share, drift_share_threshold=0.5, dataset_drift=bool(drift),
+            drift_share=share, dataset_share=counted, drift_share_threshold=0.5, dataset_drift=bool(drift),
             model_versions=model_versions if model_versions is not None else {"v7": events},
             reference_hash=reference_hash, evaluated_at=start + WINDOW + 1, duration_seconds=0.01)
 
@@ -228,16 +230,17 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     assert trigger.observe(w.next(True, model_versions={"v6": 10, "v7": 990})) is None
     unseen = FeatureQuality(0.0, 0.0, None, 0.031, 0.0, 1, (("crypto", 62),), 0, 0.0, ("unseen_category",))
     features = (replace(feature("income", True, 0.31, "wasserstein", 0.1), calibrated=True, noise_floor=0.13,
-                        decided_by="noise_floor"),
-                feature("age", False, 0.02, "wasserstein", 0.1),
+                        decided_by="noise_floor", dataset_noise_floor=0.16),
+                replace(feature("age", True, 0.12, "wasserstein", 0.1), calibrated=True, noise_floor=0.11,
+                        decided_by="noise_floor", dataset_noise_floor=0.14, counts_for_dataset=False),
                 replace(feature("region", True, 0.0004, "chisquare", 0.05, ColumnKind.CATEGORICAL),
                         calibrated=True, noise_floor=0.08, effect_size=0.21, effect_size_measure="cohens_w",
-                        effect_size_floor=0.1, decided_by="noise_floor", quality=unseen),
+                        effect_size_floor=0.1, decided_by="noise_floor", quality=unseen, dataset_noise_floor=0.09),
                 feature("tenure", False, None, None, None))  # no value of it in the window
-    prediction = feature("prediction", True, 0.12, "psi", 0.1)
+    prediction = replace(feature("prediction", True, 0.12, "psi", 0.1), counts_for_dataset=False)
     last = replace(w.next(True, features=features, prediction=prediction, model_versions={"v7": 980, "v8": 1020},
                           events=2000, reference_hash="sha256:" + "cd" * 32), calibration="on",
-                   false_alarm_level=0.005, false_alarm_level_basis="whole rows")
+                   false_alarm_level=0.005, dataset_false_alarm_level=0.001, false_alarm_level_basis="whole rows")
     assert trigger.observe(last) == "requested"
 
     [msg] = outbox(store)
@@ -251,19 +254,26 @@ def test_the_request_body_carries_the_evidence(store, clock) -> None:
     assert data["window"]["events"] == 2000
     assert (epoch(data["window"]["start"]), epoch(data["window"]["end"])) == (last.window_start, last.window_end)
     no_effect = {"effect_size": None, "effect_size_measure": None, "effect_size_floor": None}
+    # age drifted, but not beyond the stricter floor the dataset rule counts at
     assert data["drifted_features"] == [
         {"feature": "income", "method": "wasserstein", "score": 0.31, "threshold": 0.1, "noise_floor": 0.13,
-         **no_effect, "decided_by": "noise_floor", "calibrated": True},
+         **no_effect, "decided_by": "noise_floor", "calibrated": True, "dataset_noise_floor": 0.16,
+         "counts_for_dataset": True},
+        {"feature": "age", "method": "wasserstein", "score": 0.12, "threshold": 0.1, "noise_floor": 0.11,
+         **no_effect, "decided_by": "noise_floor", "calibrated": True, "dataset_noise_floor": 0.14,
+         "counts_for_dataset": False},
         {"feature": "region", "method": "chisquare", "score": 0.0004, "threshold": 0.05, "noise_floor": 0.08,
          "effect_size": 0.21, "effect_size_measure": "cohens_w", "effect_size_floor": 0.1,
-         "decided_by": "noise_floor", "calibrated": True},
+         "decided_by": "noise_floor", "calibrated": True, "dataset_noise_floor": 0.09, "counts_for_dataset": True},
     ]
-    assert data["dataset_drift_share"] == pytest.approx(2 / 3)
+    assert data["dataset_drift_share"] == pytest.approx(2 / 3)  # what the dataset rule counted
     assert data["drift_share_threshold"] == 0.5
     assert data["calibration"] == "on"
-    assert (data["false_alarm_level"], data["false_alarm_level_basis"]) == (0.005, "whole rows")
+    assert (data["false_alarm_level"], data["dataset_false_alarm_level"], data["false_alarm_level_basis"]) == (
+        0.005, 0.001, "whole rows")
     assert data["prediction_drift"] == {"method": "psi", "score": 0.12, "threshold": 0.1, "noise_floor": None,
-                                        **no_effect, "decided_by": None, "calibrated": False, "drifted": True}
+                                        **no_effect, "decided_by": None, "calibrated": False, "drifted": True,
+                                        "dataset_noise_floor": None, "counts_for_dataset": False}
     # broken data is named, with the only raw values driftline ever sends: capped unseen category labels
     assert data["data_quality_issues"] == [
         {"feature": "region", "issues": ["unseen_category"], "missing_ratio": 0.0, "reference_missing_ratio": 0.0,
