@@ -19,24 +19,26 @@ so the baseline costs no Evidently run and is measured on the very same windows.
    draws at that size; 25 fits each) against the quantiles of 100,000 simulated windows, and the
    n^-1/2 law carrying the empirical-CDF floors from 3,162 to 10,000 values against a direct
    simulation at 10,000.
-4. **The level by monitor** (--only levels): the per-feature level each monitor gets (from the
-   whole-row windows, or Markov's bound), its false alarms without drift at 100 and 1,000
-   events, and how late a slow drift (0.02 sd a window on `normal`, 1,000-event windows) is
-   flagged: where the dataset's false-alarm target forces a level low enough to cost delay.
+4. **The level by monitor** (--only levels): the per-feature level each monitor gets at 100
+   events, and the dataset rule's (from the whole-row windows, or Markov's bound), its false
+   alarms without drift at 100 and 1,000 events, and how late a slow drift (0.02 sd a window on
+   `normal`, 1,000-event windows) is flagged per feature.
 5. **A small heavy-tailed reference** (--only heavy): a lognormal column, 2,000 training rows,
-   windows of 100 new events without drift, several references: the share flagged against the
-   feature's level, as a one-feature monitor (its level is `false_alarm_rate`) at 0.001 and 0.005.
-6. **Where the two demands meet** (--only conflict): a one-feature monitor (its level is
+   windows of 100 new events without drift, several references: the share declared dataset
+   drift against the dataset's level, as a one-feature monitor (its dataset level is
+   `false_alarm_rate`) at 0.001 and 0.005.
+6. **Where the two demands meet** (--only conflict): a one-feature monitor (its dataset level is
    `false_alarm_rate`, 1 in 1,000) on `normal` at 1,000 events. Without drift: how often
-   Evidently's own verdict flags a window, and the exact 99.9th percentile of the score. On
-   --sequences x 5 slow drifts (0.02 sd a window): how late against Evidently driftline
-   flags, a line at that exact percentile would, a two-window rule would (a lower line this
-   window and the previous one must both pass, the level split so that their union stays
-   1 in 1,000), and driftline with `false_alarm_rate` 0.003; and how often Evidently's first
-   flag is not repeated in the next window (there, flagging at most one window later means
-   flagging exactly where Evidently first did).
+   Evidently's own verdict flags a window, the feature's and the dataset's lines, and the exact
+   99.9th percentile of the score. On --sequences x 5 slow drifts (0.02 sd a window): how late
+   against Evidently driftline flags the feature and declares dataset drift, a line at that
+   exact percentile would, a two-window rule would (a lower line this window and the previous
+   one must both pass, the level split so that their union stays 1 in 1,000), and driftline's
+   dataset drift with `false_alarm_rate` 0.003; and how often Evidently's first flag is not
+   repeated in the next window (there, flagging at most one window later means flagging
+   exactly where Evidently first did).
 7. **Where the dataset's rate binds** (--only binding): 12 features with drift_share 0.1, whose
-   level the dataset's rate sets (not the features' cap): windows declared dataset drift without
+   dataset level the dataset's rate sets (not the features' cap): windows declared dataset drift without
    drift at 100, 500 and 2,000 events (--windows 10000 to resolve 1 in 1,000).
 """
 
@@ -193,7 +195,7 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
     """Each monitor's level, its false alarms without drift, and a slow drift's delay."""
     from driftline.service.drift.noise import feature_level
 
-    print(f"  {'monitor':<30} {'level':>8}  {'basis':<10} {'Markov':>8}  "
+    print(f"  {'monitor':<30} {'level':>8}  {'dataset':>8}  {'basis':<10} {'Markov':>8}  "
           f"{'no drift, features flagged / dataset drift':>44}  {'slow drift at 1,000: same / one later / later':>46}")
     slow = [{"normal": 0.02 * i, "copy": 0.02 * i} for i in range(16)]  # up to 0.3 sd: Evidently flags by then
     for label, (names, share) in MONITORS.items():
@@ -216,7 +218,8 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
                 if theirs is not None:
                     gaps.append(99 if ours is None else ours - theirs)
         delay = " / ".join(map(str, delay_counts(gaps)))
-        print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {getattr(r, 'false_alarm_level_basis', None) or '-':<10} "
+        print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {r.dataset_false_alarm_level:>8.2g}  "
+              f"{r.false_alarm_level_basis or '-':<10} "
               f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {delay:>46}")
 
 
@@ -238,11 +241,14 @@ def conflict(ref: ReferenceProfile, workdir: Path, sequences: int, drift_free: i
     threshold = evaluate_window(sample, ref, st, names).features[0].threshold or 0.0
     exact = float(np.quantile(quiet, 1 - level))
     high, low = np.quantile(quiet, 1 - 0.8 * level), np.quantile(quiet, 1 - math.sqrt(0.2 * level))
-    runs = [(evaluate_window(w, ref, st, names).features[0].score, evaluate_window(w, ref, on, names).dataset_drift,
-             evaluate_window(w, ref, looser, names).dataset_drift)
-            for s in range(sequences) for i in range(16)
+    def verdicts(w: ArrayWindow) -> tuple[float | None, bool, bool, bool]:
+        r = evaluate_window(w, ref, on, names)
+        return (evaluate_window(w, ref, st, names).features[0].score, r.features[0].drifted, r.dataset_drift,
+                evaluate_window(w, ref, looser, names).dataset_drift)
+
+    runs = [verdicts(w) for s in range(sequences) for i in range(16)
             for w in windows(Population(shift={"normal": 0.02 * i}), size, 1, seed=7_000 + 100 * s + i, features=names)]
-    seqs, ours, loose = (np.array(column).reshape(sequences, 16) for column in zip(*runs, strict=True))
+    seqs, feature, ours, loose = (np.array(column).reshape(sequences, 16) for column in zip(*runs, strict=True))
 
     def tally(rule: np.ndarray) -> str:
         firsts = [(first_flagged(r), first_flagged(e)) for r, e in zip(rule, seqs >= threshold, strict=True)]
@@ -253,17 +259,19 @@ def conflict(ref: ReferenceProfile, workdir: Path, sequences: int, drift_free: i
     starts = [first_flagged(e) for e in seqs >= threshold]
     blips = sum(t is not None and t + 1 < 16 and s[t + 1] < threshold for t, s in zip(starts, seqs, strict=True))
 
-    def rate(monitor: MonitorSettings) -> str:  # the monitor's line at 1,000 values, on the same windows
+    def rate(monitor: MonitorSettings, dataset: bool = True) -> str:  # a line at 1,000 values, on the same windows
         f = evaluate_window(sample, ref, monitor, names).features[0]
-        line = f.decision_threshold or 0.0
+        line = max(f.threshold or 0.0, f.dataset_noise_floor or 0.0) if dataset else f.decision_threshold or 0.0
         return f"{(quiet >= line).mean() * 1000:.1f} (line {line:.4f})"
 
-    print(f"  without drift ({drift_free:,} windows), flagged in 1,000: Evidently {rate(st)}, driftline {rate(on)}, "
-          f"driftline with false_alarm_rate 0.003 {rate(looser)}; the exact 99.9th percentile is {exact:.4f}")
-    print(f"  slow drift, {sequences} sequences, same / one later / later than Evidently: driftline "
-          f"{tally(ours)}; a line at that percentile {tally(seqs >= max(threshold, exact))}; two windows "
-          f"(lines {high:.3f}, and {low:.3f} twice) {tally((seqs >= max(threshold, high)) | both)}; driftline "
-          f"with false_alarm_rate 0.003 {tally(loose)}")
+    print(f"  without drift ({drift_free:,} windows), flagged in 1,000: Evidently {rate(st)}; driftline: the feature "
+          f"{rate(on, dataset=False)}, dataset drift {rate(on)}, with false_alarm_rate 0.003 {rate(looser)}; the "
+          f"exact 99.9th percentile is {exact:.4f}")
+    print(f"  slow drift, {sequences} sequences, same / one later / later than Evidently: driftline's feature "
+          f"{tally(feature)}, its dataset drift {tally(ours)}; a line at that percentile "
+          f"{tally(seqs >= max(threshold, exact))}; two windows (lines {high:.3f}, and {low:.3f} twice) "
+          f"{tally((seqs >= max(threshold, high)) | both)}; driftline's dataset drift with false_alarm_rate 0.003 "
+          f"{tally(loose)}")
     print(f"  Evidently's first flag is not repeated in the next window in {blips} of {sequences} sequences")
 
 
@@ -277,7 +285,8 @@ def binding(ref: ReferenceProfile, workdir: Path, count: int) -> None:
             r = evaluate_window(w, ref, st, FEATURES)
             dataset += r.dataset_drift
             flagged += len(r.drifted_features)
-        print(f"  {size:>6,} events: level {r.false_alarm_level:.2g} ({r.false_alarm_level_basis}), dataset drift in "
+        print(f"  {size:>6,} events: level {r.false_alarm_level:.2g}, the dataset rule's "
+              f"{r.dataset_false_alarm_level:.2g} ({r.false_alarm_level_basis}), dataset drift in "
               f"{dataset} of {count:,} windows, {100 * flagged / (count * len(FEATURES)):.3f}% of features flagged")
 
 
@@ -337,7 +346,7 @@ def main() -> int:
         levels(reference(20_000, args.workdir), args.workdir, args.windows, args.sequences)
         print()
     if "conflict" in only:
-        print("6. where the two demands meet: one feature at 1,000 events, level 1 in 1,000")
+        print("6. where the two demands meet: one feature at 1,000 events, false_alarm_rate 1 in 1,000")
         conflict(reference(20_000, args.workdir), args.workdir, 5 * args.sequences)
         print()
     if "binding" in only:

@@ -127,7 +127,7 @@ def main() -> int:
     ap.add_argument("--sequences", type=int, default=20, help="sequences per drift scenario and size")
     ap.add_argument("--only", nargs="+", choices=tuple(DATASETS), help="only these datasets")
     ap.add_argument("--feature-false-alarm-rate", type=float, default=0.01,
-                    help="drift.feature_false_alarm_rate (the per-feature level is at most half of it)")
+                    help="drift.feature_false_alarm_rate (the features' mean level is at most half of it)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/driftline-bench-real-data"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,9 @@ def main() -> int:
               f"{args.splits} splits; level {r.false_alarm_level:.2g} per feature at 100 events "
               f"({r.false_alarm_level_basis})")
         [choice] = splits[0].reference.levels.values()  # the monitor's levels by window size (drift/level.py)
-        print("  levels by window size (n·N/(n+N) values): "
-              + ", ".join(f"{size:,}: 1 in {1 / q:.0f}" for size, q in zip(GRID, choice.levels, strict=True)))
+        for label, levels in (("levels", choice.levels), ("the dataset rule's", choice.dataset_levels)):
+            print(f"  {label} by window size (n·N/(n+N) values): "
+                  + ", ".join(f"{size:,}: 1 in {1 / q:.0f}" for size, q in zip(GRID, levels, strict=True)))
         print(f"1. no drift: the held-out half replayed, up to {args.windows} windows a size and split")
         no_drift(splits, quiet_sizes, args.windows)
         print(f"2. drift: rows drawn with weight exp(beta * z({column})), {args.sequences} sequences a scenario")
