@@ -287,8 +287,7 @@ def _column_drift(name: str, ref_col: ReferenceColumn, cur: ColumnSample, missin
         noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.levels)
         dataset_noise = ref_col.noise.floor(method.measure, cur.n, ref.n, calib.dataset_levels)
     drifted, by = _verdict(method, score, thr, effect, effect_floor, noise)
-    counts = drifted and (dataset_noise == noise or _verdict(method, score, thr, effect, effect_floor,
-                                                              dataset_noise)[0])
+    counts = drifted and _verdict(method, score, thr, effect, effect_floor, dataset_noise)[0]
     return FeatureDrift(name, kind, method.name, thr, score, drifted, cur.n, missing_ratio, exact, plain,
                         noise is not None, noise, effect, method.effect, effect_floor, by, quality,
                         dataset_noise, counts)
@@ -324,6 +323,7 @@ def evaluate_window(window: WindowView, reference: ReferenceProfile, settings: M
     pred_sample = window.prediction_sample()
     if pred_sample is not None and settings.event.prediction is not None:
         spec_p = settings.event.prediction
+        # scored like a feature, reported apart: never counted by the dataset rule
         prediction = replace(_column_drift("prediction", reference.column(spec_p.column), pred_sample,
                                            window.prediction_missing, window.events, spec_p.method, spec_p.threshold,
                                            drift, True, enough, calib, None), counts_for_dataset=False)

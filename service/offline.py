@@ -44,7 +44,7 @@ from .reference import (
     load_profile,
     with_noise_floors,
 )
-from .result_json import feature_json, quality_issues_json
+from .result_json import verdict_json
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
 HTML_TIMEOUT = 600.0  # a report of a large file against a large reference takes a minute or two
@@ -70,16 +70,7 @@ class OfflineResult:
         return {"reference": {"path": str(self.reference_path), "source": self.reference.source,
                               "rows": self.reference.meta.get("rows")},
                 "current": {"path": str(self.current_path)},
-                "rows": r.events, "reference_hash": r.reference_hash,
-                "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
-                "drift_share_threshold": r.drift_share_threshold, "dataset_share": r.dataset_share,
-                "drifted_features": [f.feature for f in r.drifted_features],
-                "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
-                "dataset_false_alarm_level": r.dataset_false_alarm_level,
-                "false_alarm_level_basis": r.false_alarm_level_basis,
-                "data_quality_issues": quality_issues_json(r),
-                "features": [feature_json(f) for f in r.features],
-                "prediction": feature_json(r.prediction) if r.prediction else None}
+                "rows": r.events, "reference_hash": r.reference_hash, **verdict_json(r)}
 
     def to_table(self) -> str:
         ref_rows = self.reference.meta.get("rows")

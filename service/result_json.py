@@ -43,12 +43,10 @@ def feature_json(f: FeatureDrift) -> dict[str, Any]:
             "counts_for_dataset": f.counts_for_dataset, "data_quality": quality_json(f.quality)}
 
 
-def result_json(r: WindowResult | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
-            "window_end": r.window_end,
-            "events": r.events, "dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
+def verdict_json(r: WindowResult) -> dict[str, Any]:
+    """A result's verdicts: the dataset's, each feature's and the prediction's, with their limits
+    (what the status API and `driftline evaluate --format json` both show)."""
+    return {"dataset_drift": r.dataset_drift, "drift_share": r.drift_share,
             "drift_share_threshold": r.drift_share_threshold, "dataset_share": r.dataset_share,
             "drifted_features": [f.feature for f in r.drifted_features],
             "calibration": r.calibration, "false_alarm_level": r.false_alarm_level,
@@ -56,7 +54,14 @@ def result_json(r: WindowResult | None) -> dict[str, Any] | None:
             "false_alarm_level_basis": r.false_alarm_level_basis,
             "data_quality_issues": quality_issues_json(r),
             "features": [feature_json(f) for f in r.features],
-            "prediction": feature_json(r.prediction) if r.prediction else None,
+            "prediction": feature_json(r.prediction) if r.prediction else None}
+
+
+def result_json(r: WindowResult | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"horizon": r.horizon, "status": r.status.value, "window_start": r.window_start,
+            "window_end": r.window_end, "events": r.events, **verdict_json(r),
             "model_versions": r.model_versions, "reference_hash": r.reference_hash,
             "evaluated_at": r.evaluated_at, "evaluation_seconds": r.duration_seconds}
 
