@@ -1,6 +1,7 @@
 """Benchmark: false alarms and detection delays, Evidently's plain thresholds vs driftline's calibrated ones.
 
-    .venv/bin/python bench/bench_calibration.py [--windows 1000] [--sequences 20] [--tails] [--only SECTION ...]
+    .venv/bin/python bench/bench_calibration.py [--windows 1000] [--sizes N ...] [--sequences 20] [--tails]
+        [--only SECTION ...]
 
 Data from tests/simulation.py: a dozen features of the shapes serving data has (normal, skewed,
 heavy-tailed, counts, rounded values with ties, 40% missing, binary, 4, 5 and 30 categories, two
@@ -9,8 +10,9 @@ copies of one feature, half of them correlated through one factor), a reference 
 verdicts are driftline's with `drift.calibration: off` (the tests hold them equal to Evidently's),
 so the baseline costs no Evidently run and is measured on the very same windows.
 
-1. **No drift**: --windows windows at each size, each drawn afresh from the population: the
-   share of features flagged and the windows declared dataset drift (drift_share 0.5).
+1. **No drift**: --windows windows at each size (--sizes: 100 to 5,000 events by default),
+   each drawn afresh from the population: the share of features flagged and the windows
+   declared dataset drift (drift_share 0.5).
 2. **Drift**: --sequences sequences of windows at 1,000 and 5,000 events, three without drift
    then drift (abrupt: from the fourth window on; gradual: growing every window): per drifted
    feature, the first window from the drift's onset each flags; the delay is driftline's
@@ -75,7 +77,7 @@ def reference(rows: int, workdir: Path) -> ReferenceProfile:
     return build_profile(path)
 
 
-def false_alarms(ref: ReferenceProfile, workdir: Path, count: int) -> None:
+def false_alarms(ref: ReferenceProfile, workdir: Path, count: int, sizes: tuple[int, ...] = SIZES) -> None:
     off, on = settings(workdir, calibration="off"), settings(workdir)
     [w] = windows(Population(), 100, 1, seed=0)
     r = evaluate_window(w, ref, on, FEATURES)
@@ -83,7 +85,7 @@ def false_alarms(ref: ReferenceProfile, workdir: Path, count: int) -> None:
           f"({getattr(r, 'false_alarm_level_basis', None)}), {len(FEATURES)} features, drift_share 0.5")
     print(f"  {'window':>7}  {'Evidently: features flagged':>28}  {'dataset drift':>14}  "
           f"{'driftline: features flagged':>28}  {'dataset drift':>14}")
-    for size in SIZES:
+    for size in sizes:
         flagged, dataset = {"off": 0, "on": 0}, {"off": 0, "on": 0}
         for w in windows(Population(), size, count, seed=size):
             for mode, st in (("off", off), ("on", on)):
@@ -315,6 +317,8 @@ def heavy(workdir: Path, references: int, count: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=1_000, help="windows per size without drift")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                    help="window sizes of section 1 (e.g. sizes between the noise grid's: 150 250 400 650 800 1300)")
     ap.add_argument("--sequences", type=int, default=20, help="sequences per drift scenario and size")
     ap.add_argument("--tails", action="store_true", help="also check the fitted tails and the n^-1/2 law")
     ap.add_argument("--only", nargs="+", choices=("table", "tails", "levels", "conflict", "binding", "heavy"),
@@ -331,7 +335,7 @@ def main() -> int:
                           for w in windows(Population(), 500, 1, seed=1) for i in range(len(FEATURES))})
         print(f"reference of {rows:,} rows (default methods: {', '.join(methods)})")
         print(f"1. no drift, {args.windows:,} windows a size")
-        false_alarms(ref, args.workdir, args.windows)
+        false_alarms(ref, args.workdir, args.windows, tuple(args.sizes))
         if rows == 20_000:
             print(f"2. drift, {args.sequences} sequences a scenario (per drifted feature: when each first flags it)")
             delays(ref, args.workdir, args.sequences)
