@@ -27,7 +27,6 @@ from driftline.service.reference import ReferenceProfile, build_profile
 
 from tests.simulation import ArrayWindow, settings
 
-
 FLIGHTS_ROWS = 40_000
 FLIGHTS_NUMERICAL = ("dep_delay", "arr_delay", "air_time", "distance", "hour", "minute", "sched_dep_time", "dep_time")
 FLIGHTS_CATEGORICAL = ("carrier", "origin", "dest")
