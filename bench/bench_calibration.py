@@ -23,8 +23,9 @@ so the baseline costs no Evidently run and is measured on the very same windows.
    simulation at 10,000.
 4. **The level by monitor** (--only levels): the per-feature level each monitor gets at 100
    events, and the dataset rule's (from the whole-row windows, or Markov's bound), its false
-   alarms without drift at 100 and 1,000 events, and how late a slow drift (0.02 sd a window on
-   `normal`, 1,000-event windows) is flagged per feature.
+   alarms without drift at 100 and 1,000 events (and Evidently's windows with dataset drift at
+   1,000), and how late a slow drift (0.02 sd a window on `normal`, 1,000-event windows) is
+   flagged per feature and declared dataset drift.
 5. **A small heavy-tailed reference** (--only heavy): a lognormal column, 2,000 training rows,
    windows of 100 new events without drift, several references: the share declared dataset
    drift against the dataset's level, as a one-feature monitor (its dataset level is
@@ -97,6 +98,9 @@ def false_alarms(ref: ReferenceProfile, workdir: Path, count: int, sizes: tuple[
               f"{100 * flagged['on'] / n:>27.2f}%  {dataset['on']:>7} of {count:<4}")
 
 
+DATASET = "(dataset drift)"  # first_flags: the window's dataset verdict, beside the features'
+
+
 def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, float]], size: int,
                 seed: int, features: tuple[str, ...] = FEATURES, drift_share: float = 0.5,
                 shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None]]:
@@ -105,8 +109,10 @@ def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, flo
         [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i, features=features)
         for mode in ("off", "on"):
             st = settings(workdir, features=features, calibration=mode, drift_share=drift_share)
-            for f in evaluate_window(w, ref, st, features).features:
+            r = evaluate_window(w, ref, st, features)
+            for f in r.features:
                 verdicts[mode].setdefault(f.feature, []).append(f.drifted)
+            verdicts[mode].setdefault(DATASET, []).append(r.dataset_drift)  # asked for by name in `shifted`
 
     onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
     names = shifted or {n for s in shifts for n in s}
@@ -198,31 +204,37 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
     from driftline.service.drift.noise import feature_level
 
     print(f"  {'monitor':<30} {'level':>8}  {'dataset':>8}  {'basis':<10} {'Markov':>8}  "
-          f"{'no drift, features flagged / dataset drift':>44}  {'slow drift at 1,000: same / one later / later':>46}")
+          f"{'no drift, features flagged / dataset drift':>44}  {'Evidently':>9}  "
+          f"{'slow drift at 1,000: same / one later / later':>46}  {'dataset drift':>13}")
     slow = [{"normal": 0.02 * i, "copy": 0.02 * i} for i in range(16)]  # up to 0.3 sd: Evidently flags by then
     for label, (names, share) in MONITORS.items():
         st = settings(workdir, features=names, drift_share=share)
+        plain = settings(workdir, features=names, drift_share=share, calibration="off")
         [w] = windows(Population(), 100, 1, seed=0, features=names)
         r = evaluate_window(w, ref, st, names)
         markov = feature_level(0.001, share, len(names))
-        alarms = []
+        alarms, theirs_alarms = [], 0
         for size in (100, 1_000):
             flagged = dataset = 0
             for w in windows(Population(), size, count, seed=size + 7, features=names):
                 r2 = evaluate_window(w, ref, st, names)
                 flagged += len(r2.drifted_features)
                 dataset += r2.dataset_drift
+                if size == 1_000:
+                    theirs_alarms += evaluate_window(w, ref, plain, names).dataset_drift
             alarms.append(f"{size:,}: {100 * flagged / (count * len(names)):.2f}% / {dataset}")
-        gaps = []
+        gaps: dict[bool, list[int]] = {False: [], True: []}  # per feature, dataset drift
         shifted = {"normal"} if "normal" in names else {"copy_a", "copy_b"}
         for seed in range(sequences):
-            for theirs, ours in first_flags(ref, workdir, slow, 1_000, seed, names, share, shifted).values():
+            found = first_flags(ref, workdir, slow, 1_000, seed, names, share, shifted | {DATASET})
+            for name, (theirs, ours) in found.items():
                 if theirs is not None:
-                    gaps.append(99 if ours is None else ours - theirs)
-        delay = " / ".join(map(str, delay_counts(gaps)))
+                    gaps[name == DATASET].append(99 if ours is None else ours - theirs)
+        delay = " / ".join(map(str, delay_counts(gaps[False])))
         print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {r.dataset_false_alarm_level:>8.2g}  "
               f"{r.false_alarm_level_basis or '-':<10} "
-              f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {delay:>46}")
+              f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {theirs_alarms:>9}  {delay:>46}  "
+              f"{' / '.join(map(str, delay_counts(gaps[True]))):>13}")
 
 
 def conflict(ref: ReferenceProfile, workdir: Path, sequences: int, drift_free: int = 100_000) -> None:
