@@ -40,7 +40,7 @@ def _calibration_line(r: WindowResult) -> str:
             f"; the dataset rule counts the features beyond the floor of level {dataset:.2g}")
     return (f"on: a feature drifts beyond its threshold and the noise floor of its window's size "
             f"(level {r.false_alarm_level:.2g} per feature{rule}, {r.false_alarm_level_basis or 'markov'}; "
-            f"Evidently's verdict alone: "
+            f"Evidently's thresholds alone flag: "
             f"{', '.join(f.feature for f in r.features if f.plain_drifted) or 'none'})")
 
 
