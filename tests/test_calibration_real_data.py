@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from driftline.service.evaluation import evaluate_window
-from driftline.service.reference import build_profile
 
-from tests.real_data import Split, flights_in_time_order, load, window
-from tests.simulation import ArrayWindow, first_flagged, settings
+from tests.real_data import Seasons, Split, load
+from tests.simulation import ArrayWindow, first_flagged
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +128,12 @@ def test_a_drift_that_really_happened_is_flagged_where_evidently_flags_it_at_500
     noise floors are below the thresholds, and driftline flags every feature in every window
     Evidently flags it (bench/bench_real_data.py, section 3: 164 feature-windows of 56 windows;
     here every other window)."""
-    data, month = flights_in_time_order()
-    path = tmp_path / "january-february.parquet"
-    data[month <= 2].sample(20_000, random_state=0).to_parquet(path, index=False)
-    reference = build_profile(path)
-    columns = list(data.columns)
-    modes = {mode: settings(path, features=columns, calibration=mode) for mode in ("off", "on")}
-    stream = data[month >= 3].reset_index(drop=True)
+    real = Seasons(tmp_path)
     flagged = set()
-    for start in range(0, len(stream) - 5_000 + 1, 10_000):
-        w = window(stream.iloc[start:start + 5_000], columns)
-        theirs, ours = ([f.drifted for f in evaluate_window(w, reference, modes[mode], tuple(columns)).features]
+    for w in real.windows(5_000, step=10_000):
+        theirs, ours = ([f.drifted for f in evaluate_window(w, real.reference, real.modes[mode],
+                                                             tuple(real.columns)).features]
                         for mode in ("off", "on"))
-        assert ours == theirs, (start, columns, theirs, ours)
-        flagged |= {c for c, d in zip(columns, theirs, strict=True) if d}
+        assert ours == theirs, (real.columns, theirs, ours)
+        flagged |= {c for c, d in zip(real.columns, theirs, strict=True) if d}
     assert {"dep_delay", "arr_delay", "air_time", "dest"} <= flagged  # the seasons: a real drift
