@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from driftline.service.config import MonitorSettings
 from driftline.service.drift import ColumnKind
+from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
 from tests.simulation import ArrayWindow, settings
@@ -31,6 +32,7 @@ from tests.simulation import ArrayWindow, settings
 FLIGHTS_ROWS = 40_000
 FLIGHTS_NUMERICAL = ("dep_delay", "arr_delay", "air_time", "distance", "hour", "minute", "sched_dep_time", "dep_time")
 FLIGHTS_CATEGORICAL = ("carrier", "origin", "dest")
+POPULATION_ROWS = 100_000  # Split.population: a tilted population's verdicts, on this many rows drawn from it
 
 
 def load(name: str) -> pd.DataFrame:
@@ -68,6 +70,12 @@ class Seasons:
         self.modes: dict[str, MonitorSettings] = {
             mode: settings(path, features=self.columns, calibration=mode) for mode in ("off", "on")}
         self.stream = data[~winter].reset_index(drop=True)
+        self.month = rows["month"][~winter].to_numpy()
+
+    def months(self) -> Iterator[tuple[int, ArrayWindow]]:
+        """Each month of the stream whole (about 28,000 flights): the population a window of it is drawn from."""
+        for month in np.unique(self.month):
+            yield int(month), window(self.stream[self.month == month], self.columns)
 
     def windows(self, size: int, step: int | None = None) -> Iterator[ArrayWindow]:
         """Windows of `size` consecutive flights, one every `step` flights (default: `size`)."""
@@ -96,6 +104,23 @@ class Split:
         self.columns = list(data.columns)
         self.modes: dict[str, MonitorSettings] = {
             mode: settings(path, features=self.columns, calibration=mode, **drift) for mode in ("off", "on")}
+        self._populations: dict[tuple[str, float], tuple[list[bool], bool]] = {}
+
+    def population(self, column: str, beta: float) -> tuple[list[bool], bool]:
+        """Evidently's verdicts on the tilted population itself, not on a window of it: per
+        feature, whether its distance from the reference is beyond the threshold, and the
+        dataset's (on POPULATION_ROWS drawn rows, whose own sampling noise is far below any
+        threshold). A window's flag on a feature whose population is within its threshold is
+        noise by Evidently's own measure: the drift there is smaller than the effect that matters."""
+        key = (column, beta)
+        if key not in self._populations:
+            weights = self.tilt(column, beta)
+            rng = np.random.default_rng(POPULATION_ROWS)  # not the windows' own: they stay as they were
+            w = window(self.held.iloc[rng.choice(len(self.held), size=POPULATION_ROWS, p=weights / weights.sum())],
+                       self.columns)
+            r = evaluate_window(w, self.reference, self.modes["off"], tuple(self.columns))
+            self._populations[key] = ([f.drifted for f in r.features], r.dataset_drift)
+        return self._populations[key]
 
     def replay(self, size: int, count: int) -> list[ArrayWindow]:
         """The held-out half (in its shuffled order) as consecutive windows of `size` events."""

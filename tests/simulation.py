@@ -130,6 +130,13 @@ def first_flagged(flags: Sequence[bool], onset: int = 0) -> int | None:
     return next((i - onset for i, f in enumerate(flags) if f and i >= onset), None)
 
 
+def first_caught(flags: Sequence[bool], beyond: Sequence[bool], onset: int = 0) -> int | None:
+    """The first window from the onset on that is flagged while the population itself is beyond
+    the threshold (`beyond`, per window), counted from the onset: Evidently's catch of a drift
+    that matters, its flags on a population within the threshold left out as noise."""
+    return first_flagged([f and b for f, b in zip(flags, beyond, strict=True)], onset)
+
+
 def delay_counts(gaps: Sequence[int]) -> tuple[int, int, int]:
     """Of driftline's delays behind Evidently (in windows): in the same window (or before), one
     later, later."""
