@@ -25,7 +25,9 @@ so the baseline costs no Evidently run and is measured on the very same windows.
    events, and the dataset rule's (from the whole-row windows, or Markov's bound), its false
    alarms without drift at 100 and 1,000 events (and Evidently's windows with dataset drift at
    1,000), and how late a slow drift (0.02 sd a window on `normal`, 1,000-event windows) is
-   flagged per feature and declared dataset drift.
+   flagged per feature and declared dataset drift: behind Evidently's first dataset drift, and
+   ("beyond") behind its first in a window whose population (100,000 rows of it) is itself
+   declared dataset drift by Evidently, from 0.1 sd on; before that Evidently's is noise.
 5. **A small heavy-tailed reference** (--only heavy): a lognormal column, 2,000 training rows,
    windows of 100 new events without drift, several references: the share declared dataset
    drift against the dataset's level, as a one-feature monitor (its dataset level is
@@ -63,7 +65,16 @@ from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
-from tests.simulation import FEATURES, ArrayWindow, Population, delay_counts, first_flagged, settings, windows
+from tests.simulation import (
+    FEATURES,
+    ArrayWindow,
+    Population,
+    delay_counts,
+    first_caught,
+    first_flagged,
+    settings,
+    windows,
+)
 
 SIZES = (100, 500, 1_000, 2_000, 5_000)
 ABRUPT = {"small": {"normal": 0.15, "rounded": 0.15, "few": 0.3},
@@ -103,8 +114,10 @@ DATASET = "(dataset drift)"  # first_flags: the window's dataset verdict, beside
 
 def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, float]], size: int,
                 seed: int, features: tuple[str, ...] = FEATURES, drift_share: float = 0.5,
-                shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None]]:
-    verdicts: dict[str, dict[str, list[bool]]] = {"off": {}, "on": {}}
+                shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None, int | None]]:
+    """Per feature (and DATASET): Evidently's first flag from the onset, driftline's, and
+    Evidently's first flag in a window whose population is itself beyond the threshold."""
+    verdicts: dict[str, dict[str, list[bool]]] = {"off": {}, "on": {}, "population": {}}
     for i, shift in enumerate(shifts):
         [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i, features=features)
         for mode in ("off", "on"):
@@ -113,11 +126,29 @@ def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, flo
             for f in r.features:
                 verdicts[mode].setdefault(f.feature, []).append(f.drifted)
             verdicts[mode].setdefault(DATASET, []).append(r.dataset_drift)  # asked for by name in `shifted`
+        for name, beyond in population(ref, workdir, shift, features, drift_share).items():
+            verdicts["population"].setdefault(name, []).append(beyond)
 
     onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
     names = shifted or {n for s in shifts for n in s}
-    return {n: (first_flagged(verdicts["off"][n], onset), first_flagged(verdicts["on"][n], onset))
-            for n in sorted(names)}
+    return {n: (first_flagged(verdicts["off"][n], onset), first_flagged(verdicts["on"][n], onset),
+                first_caught(verdicts["off"][n], verdicts["population"][n], onset)) for n in sorted(names)}
+
+
+_POPULATIONS: dict[tuple, dict[str, bool]] = {}
+
+
+def population(ref: ReferenceProfile, workdir: Path, shift: dict[str, float], features: tuple[str, ...],
+               drift_share: float) -> dict[str, bool]:
+    """Evidently's verdicts on the shifted population itself (100,000 rows of it), per feature
+    and DATASET: whether it is beyond the threshold, a drift that matters by Evidently's measure."""
+    key = (tuple(sorted(shift.items())), features, drift_share)
+    if key not in _POPULATIONS:
+        [w] = windows(Population(shift=shift), 100_000, 1, seed=123_456, features=features)
+        r = evaluate_window(w, ref, settings(workdir, features=features, calibration="off", drift_share=drift_share),
+                            features)
+        _POPULATIONS[key] = {f.feature: f.drifted for f in r.features} | {DATASET: r.dataset_drift}
+    return _POPULATIONS[key]
 
 
 def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:
@@ -133,7 +164,7 @@ def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:
             missed = 0
             gaps: list[int] = []
             for seed in range(sequences):
-                for theirs, ours in first_flags(ref, workdir, shifts, size, seed).values():
+                for theirs, ours, _ in first_flags(ref, workdir, shifts, size, seed).values():
                     if theirs is None:
                         continue
                     caught["off"] += 1
@@ -205,7 +236,7 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
 
     print(f"  {'monitor':<30} {'level':>8}  {'dataset':>8}  {'basis':<10} {'Markov':>8}  "
           f"{'no drift, features flagged / dataset drift':>44}  {'Evidently':>9}  "
-          f"{'slow drift at 1,000: same / one later / later':>46}  {'dataset drift':>13}")
+          f"{'slow drift at 1,000: same / one later / later':>46}  {'dataset drift':>13}  {'beyond':>12}")
     slow = [{"normal": 0.02 * i, "copy": 0.02 * i} for i in range(16)]  # up to 0.3 sd: Evidently flags by then
     for label, (names, share) in MONITORS.items():
         st = settings(workdir, features=names, drift_share=share)
@@ -224,17 +255,20 @@ def levels(ref: ReferenceProfile, workdir: Path, count: int, sequences: int) -> 
                     theirs_alarms += evaluate_window(w, ref, plain, names).dataset_drift
             alarms.append(f"{size:,}: {100 * flagged / (count * len(names)):.2f}% / {dataset}")
         gaps: dict[bool, list[int]] = {False: [], True: []}  # per feature, dataset drift
+        beyond: list[int] = []  # dataset drift behind Evidently's first while the population is beyond
         shifted = {"normal"} if "normal" in names else {"copy_a", "copy_b"}
         for seed in range(sequences):
             found = first_flags(ref, workdir, slow, 1_000, seed, names, share, shifted | {DATASET})
-            for name, (theirs, ours) in found.items():
+            for name, (theirs, ours, theirs_beyond) in found.items():
                 if theirs is not None:
                     gaps[name == DATASET].append(99 if ours is None else ours - theirs)
+                if name == DATASET and theirs_beyond is not None:
+                    beyond.append(99 if ours is None else ours - theirs_beyond)
         delay = " / ".join(map(str, delay_counts(gaps[False])))
         print(f"  {label:<30} {r.false_alarm_level:>8.2g}  {r.dataset_false_alarm_level:>8.2g}  "
               f"{r.false_alarm_level_basis or '-':<10} "
               f"{markov:>8.2g}  {', '.join(alarms) + f' of {count:,}':>44}  {theirs_alarms:>9}  {delay:>46}  "
-              f"{' / '.join(map(str, delay_counts(gaps[True]))):>13}")
+              f"{' / '.join(map(str, delay_counts(gaps[True]))):>13}  {' / '.join(map(str, delay_counts(beyond))):>12}")
 
 
 def conflict(ref: ReferenceProfile, workdir: Path, sequences: int, drift_free: int = 100_000) -> None:
