@@ -162,11 +162,12 @@ def seasons(workdir: Path, sizes: tuple[int, ...] = (1_000, 5_000)) -> None:
               f"driftline {dataset['on']}")
         print("    windows flagged, Evidently / driftline: " + ", ".join(
             f"{c} {a} / {b}" for c, a, b in zip(real.columns, flagged["off"], flagged["on"], strict=True)))
-    print("  each month whole against the reference, Evidently's scores (* beyond the threshold):")
+    print("  each month whole against the reference, Evidently's scores (* beyond the threshold; 1-2: January and "
+          "February without the reference's flights):")
     for month, w in real.months():
         r = evaluate_window(w, real.reference, real.modes["off"], tuple(real.columns))
         scores = (f"{f.feature} {f.score:.3f}{'*' if f.drifted else ''}" for f in r.features)
-        print(f"    {month:>2}: " + " ".join(scores))
+        print(f"    {month:>3}: " + " ".join(scores))
 
 
 def main() -> int:

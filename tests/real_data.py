@@ -64,7 +64,9 @@ class Seasons:
         data = _flight_columns(rows)
         winter = rows["month"] <= 2
         path = workdir / "flights-january-february.parquet"
-        data[winter].sample(20_000, random_state=0).to_parquet(path, index=False)
+        reference = data[winter].sample(20_000, random_state=0)
+        reference.to_parquet(path, index=False)
+        self.rest = data[winter].drop(reference.index)  # the flights of January and February left out
         self.reference: ReferenceProfile = build_profile(path)
         self.columns = list(data.columns)
         self.modes: dict[str, MonitorSettings] = {
@@ -72,10 +74,13 @@ class Seasons:
         self.stream = data[~winter].reset_index(drop=True)
         self.month = rows["month"][~winter].to_numpy()
 
-    def months(self) -> Iterator[tuple[int, ArrayWindow]]:
-        """Each month of the stream whole (about 28,000 flights): the population a window of it is drawn from."""
+    def months(self) -> Iterator[tuple[str, ArrayWindow]]:
+        """Each month of the stream whole (about 28,000 flights): the population a window of it is
+        drawn from; first the flights of January and February the reference left out (what a
+        month without drift scores: its sampling noise)."""
+        yield "1-2", window(self.rest, self.columns)
         for month in np.unique(self.month):
-            yield int(month), window(self.stream[self.month == month], self.columns)
+            yield str(month), window(self.stream[self.month == month], self.columns)
 
     def windows(self, size: int, step: int | None = None) -> Iterator[ArrayWindow]:
         """Windows of `size` consecutive flights, one every `step` flights (default: `size`)."""
