@@ -66,12 +66,13 @@ from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
 from tests.simulation import (
+    DATASET,
     FEATURES,
     ArrayWindow,
     Population,
     delay_counts,
-    first_caught,
     first_flagged,
+    first_flags,
     settings,
     windows,
 )
@@ -107,48 +108,6 @@ def false_alarms(ref: ReferenceProfile, workdir: Path, count: int, sizes: tuple[
         n = count * len(FEATURES)
         print(f"  {size:>7,}  {100 * flagged['off'] / n:>27.2f}%  {dataset['off']:>7} of {count:<4}  "
               f"{100 * flagged['on'] / n:>27.2f}%  {dataset['on']:>7} of {count:<4}")
-
-
-DATASET = "(dataset drift)"  # first_flags: the window's dataset verdict, beside the features'
-
-
-def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, float]], size: int,
-                seed: int, features: tuple[str, ...] = FEATURES, drift_share: float = 0.5,
-                shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None, int | None]]:
-    """Per feature (and DATASET): Evidently's first flag from the onset, driftline's, and
-    Evidently's first flag in a window whose population is itself beyond the threshold."""
-    verdicts: dict[str, dict[str, list[bool]]] = {"off": {}, "on": {}, "population": {}}
-    for i, shift in enumerate(shifts):
-        [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i, features=features)
-        for mode in ("off", "on"):
-            st = settings(workdir, features=features, calibration=mode, drift_share=drift_share)
-            r = evaluate_window(w, ref, st, features)
-            for f in r.features:
-                verdicts[mode].setdefault(f.feature, []).append(f.drifted)
-            verdicts[mode].setdefault(DATASET, []).append(r.dataset_drift)  # asked for by name in `shifted`
-        for name, beyond in population(ref, workdir, shift, features, drift_share).items():
-            verdicts["population"].setdefault(name, []).append(beyond)
-
-    onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
-    names = shifted or {n for s in shifts for n in s}
-    return {n: (first_flagged(verdicts["off"][n], onset), first_flagged(verdicts["on"][n], onset),
-                first_caught(verdicts["off"][n], verdicts["population"][n], onset)) for n in sorted(names)}
-
-
-_POPULATIONS: dict[tuple, dict[str, bool]] = {}
-
-
-def population(ref: ReferenceProfile, workdir: Path, shift: dict[str, float], features: tuple[str, ...],
-               drift_share: float) -> dict[str, bool]:
-    """Evidently's verdicts on the shifted population itself (100,000 rows of it), per feature
-    and DATASET: whether it is beyond the threshold, a drift that matters by Evidently's measure."""
-    key = (tuple(sorted(shift.items())), features, drift_share)
-    if key not in _POPULATIONS:
-        [w] = windows(Population(shift=shift), 100_000, 1, seed=123_456, features=features)
-        r = evaluate_window(w, ref, settings(workdir, features=features, calibration="off", drift_share=drift_share),
-                            features)
-        _POPULATIONS[key] = {f.feature: f.drifted for f in r.features} | {DATASET: r.dataset_drift}
-    return _POPULATIONS[key]
 
 
 def delays(ref: ReferenceProfile, workdir: Path, sequences: int) -> None:

@@ -10,6 +10,10 @@ categorical: that share of the values moved to another category).
 `ArrayWindow` is a window profile built straight from column arrays: it implements
 `evaluation.WindowView` (the seam `evaluate_window` reads), so thousands of windows are
 evaluated without feeding events one by one through `window.WindowProfile`.
+
+`first_flags` runs a sequence of shifted populations through Evidently's thresholds and
+driftline's, and tells per feature when each first flagged it, and when Evidently first did
+while the population itself was beyond the threshold (`population_verdicts`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 import pandas as pd
 from driftline.service.config import MonitorSettings
 from driftline.service.drift import ColumnKind, ColumnSample
+from driftline.service.evaluation import evaluate_window
+from driftline.service.reference import ReferenceProfile
 
 NUMERICAL = ("normal", "skewed", "heavy", "count", "rounded", "sparse", "copy_a", "copy_b")
 CATEGORICAL = ("binary", "few", "many", "region")
@@ -141,3 +147,45 @@ def delay_counts(gaps: Sequence[int]) -> tuple[int, int, int]:
     """Of driftline's delays behind Evidently (in windows): in the same window (or before), one
     later, later."""
     return sum(g <= 0 for g in gaps), sum(g == 1 for g in gaps), sum(g > 1 for g in gaps)
+
+
+DATASET = "(dataset drift)"  # first_flags: the window's dataset verdict, beside the features'
+
+
+def first_flags(ref: ReferenceProfile, workdir: Path, shifts: list[dict[str, float]], size: int,
+                seed: int, features: tuple[str, ...] = FEATURES, drift_share: float = 0.5,
+                shifted: set[str] | None = None) -> dict[str, tuple[int | None, int | None, int | None]]:
+    """Per feature (and DATASET): Evidently's first flag from the onset, driftline's, and
+    Evidently's first flag in a window whose population is itself beyond the threshold."""
+    verdicts: dict[str, dict[str, list[bool]]] = {"off": {}, "on": {}, "population": {}}
+    for i, shift in enumerate(shifts):
+        [w] = windows(Population(shift=shift), size, 1, seed=seed * 1000 + i, features=features)
+        for mode in ("off", "on"):
+            st = settings(workdir, features=features, calibration=mode, drift_share=drift_share)
+            r = evaluate_window(w, ref, st, features)
+            for f in r.features:
+                verdicts[mode].setdefault(f.feature, []).append(f.drifted)
+            verdicts[mode].setdefault(DATASET, []).append(r.dataset_drift)  # asked for by name in `shifted`
+        for name, beyond in population_verdicts(ref, workdir, shift, features, drift_share).items():
+            verdicts["population"].setdefault(name, []).append(beyond)
+
+    onset = next(i for i, shift in enumerate(shifts) if any(shift.values()))
+    names = shifted or {n for s in shifts for n in s}
+    return {n: (first_flagged(verdicts["off"][n], onset), first_flagged(verdicts["on"][n], onset),
+                first_caught(verdicts["off"][n], verdicts["population"][n], onset)) for n in sorted(names)}
+
+
+_POPULATIONS: dict[tuple[object, ...], dict[str, bool]] = {}
+
+
+def population_verdicts(ref: ReferenceProfile, workdir: Path, shift: dict[str, float], features: tuple[str, ...],
+               drift_share: float) -> dict[str, bool]:
+    """Evidently's verdicts on the shifted population itself (100,000 rows of it), per feature
+    and DATASET: whether it is beyond the threshold, a drift that matters by Evidently's measure."""
+    key = (ref.content_hash, tuple(sorted(shift.items())), features, drift_share)
+    if key not in _POPULATIONS:
+        [w] = windows(Population(shift=shift), 100_000, 1, seed=123_456, features=features)
+        r = evaluate_window(w, ref, settings(workdir, features=features, calibration="off", drift_share=drift_share),
+                            features)
+        _POPULATIONS[key] = {f.feature: f.drifted for f in r.features} | {DATASET: r.dataset_drift}
+    return _POPULATIONS[key]
