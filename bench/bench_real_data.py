@@ -51,7 +51,7 @@ from driftline.service.drift.noise import GRID
 from driftline.service.evaluation import evaluate_window
 
 from tests.real_data import Seasons, Split, load
-from tests.simulation import ArrayWindow, delay_counts, first_caught, first_flagged
+from tests.simulation import DATASET, ArrayWindow, delay_counts
 
 # dataset -> (the column whose shift the population follows, window sizes without drift, with drift)
 DATASETS = {"randhie": ("lpi", (100, 500, 1_000, 2_000), (1_000, 5_000)),
@@ -116,24 +116,11 @@ def drift(splits: list[Split], column: str, sizes: tuple[int, ...], sequences: i
             # first flag ("all"), and behind its first flag while the population is beyond the threshold
             gaps: dict[str, dict[bool, list[int]]] = {"all": {False: [], True: []}, "beyond": {False: [], True: []}}
             for s in range(sequences):
-                split = splits[s % len(splits)]
-                flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
-                whole: dict[str, list[bool]] = {"off": [], "on": []}
-                for beta in betas:
-                    found, _ = verdicts(split, split.draw(size, split.tilt(column, beta)))
-                    for mode, (features, drifted) in found.items():
-                        flags[mode].append(features)
-                        whole[mode].append(drifted)
-                populations = [split.population(column, beta) for beta in betas]
-                series = [([w[j] for w in flags["off"]], [w[j] for w in flags["on"]], [p[0][j] for p in populations],
-                           False) for j in range(len(split.columns))]
-                series.append((whole["off"], whole["on"], [p[1] for p in populations], True))
-                for theirs_flags, ours_flags, beyond, dataset in series:
-                    ours = first_flagged(ours_flags, ONSET)
-                    for kind, theirs in (("all", first_flagged(theirs_flags, ONSET)),
-                                         ("beyond", first_caught(theirs_flags, beyond, ONSET))):
-                        if theirs is not None:
-                            gaps[kind][dataset].append(MISSED if ours is None else ours - theirs)
+                found = splits[s % len(splits)].first_flags(column, betas, size, ONSET)
+                for name, (theirs, ours, theirs_beyond) in found.items():
+                    for kind, first in (("all", theirs), ("beyond", theirs_beyond)):
+                        if first is not None:
+                            gaps[kind][name == DATASET].append(MISSED if ours is None else ours - first)
             cells = {kind: " / ".join(map(str, (*delay_counts([g for g in d[False] if g != MISSED]),
                                                 d[False].count(MISSED)))) for kind, d in gaps.items()}
             whole_cells = {kind: " / ".join(map(str, delay_counts(d[True]))) for kind, d in gaps.items()}

@@ -17,7 +17,7 @@ stream without drift), or drawn with weights (a population that tilted towards s
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from driftline.service.drift import ColumnKind
 from driftline.service.evaluation import evaluate_window
 from driftline.service.reference import ReferenceProfile, build_profile
 
-from tests.simulation import ArrayWindow, settings
+from tests.simulation import DATASET, ArrayWindow, first_caught, first_flagged, settings
 
 FLIGHTS_ROWS = 40_000
 FLIGHTS_NUMERICAL = ("dep_delay", "arr_delay", "air_time", "distance", "hour", "minute", "sched_dep_time", "dep_time")
@@ -126,6 +126,26 @@ class Split:
             r = evaluate_window(w, self.reference, self.modes["off"], tuple(self.columns))
             self._populations[key] = ([f.drifted for f in r.features], r.dataset_drift)
         return self._populations[key]
+
+    def first_flags(self, column: str, betas: Sequence[float], size: int,
+                    onset: int) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """One sequence of windows of `size` rows drawn with tilt beta each (`draw`, `tilt`): per
+        feature and DATASET, as `simulation.first_flags` tells it for generated data, Evidently's
+        first flag from the onset, driftline's, and Evidently's first while the population
+        itself is beyond the threshold (`population`)."""
+        flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
+        for beta in betas:
+            w = self.draw(size, self.tilt(column, beta))
+            for mode, st in self.modes.items():
+                r = evaluate_window(w, self.reference, st, tuple(self.columns))
+                flags[mode].append([f.drifted for f in r.features] + [r.dataset_drift])
+        beyond = [[*features, dataset] for features, dataset in (self.population(column, b) for b in betas)]
+        out = {}
+        for j, name in enumerate([*self.columns, DATASET]):
+            theirs = [w[j] for w in flags["off"]]
+            out[name] = (first_flagged(theirs, onset), first_flagged([w[j] for w in flags["on"]], onset),
+                         first_caught(theirs, [p[j] for p in beyond], onset))
+        return out
 
     def replay(self, size: int, count: int) -> list[ArrayWindow]:
         """The held-out half (in its shuffled order) as consecutive windows of `size` events."""

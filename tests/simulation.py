@@ -179,7 +179,7 @@ _POPULATIONS: dict[tuple[object, ...], dict[str, bool]] = {}
 
 
 def population_verdicts(ref: ReferenceProfile, workdir: Path, shift: dict[str, float], features: tuple[str, ...],
-               drift_share: float) -> dict[str, bool]:
+                        drift_share: float) -> dict[str, bool]:
     """Evidently's verdicts on the shifted population itself (100,000 rows of it), per feature
     and DATASET: whether it is beyond the threshold, a drift that matters by Evidently's measure."""
     key = (ref.content_hash, tuple(sorted(shift.items())), features, drift_share)

@@ -19,7 +19,7 @@ import pytest
 from driftline.service.evaluation import evaluate_window
 
 from tests.real_data import Seasons, Split, load
-from tests.simulation import ArrayWindow, first_caught, first_flagged
+from tests.simulation import ArrayWindow, first_flagged
 
 
 @pytest.fixture(scope="module")
@@ -97,27 +97,13 @@ def test_every_drift_evidently_catches_beyond_its_threshold_is_caught_in_the_sam
     every one in the same window, over 20 sequences of each dataset)."""
     split = splits[name][0]
     betas = [0.03 * max(0, i - 2) for i in range(14)]
-    populations = [split.population(column, beta) for beta in betas]
     caught = 0
     for _ in range(3):
-        flags: dict[str, list[list[bool]]] = {"off": [], "on": []}
-        whole: dict[str, list[bool]] = {"off": [], "on": []}
-        for beta in betas:
-            w = split.draw(1_000, split.tilt(column, beta))
-            for mode in flags:
-                features, drifted = _verdicts(split, w, mode)
-                flags[mode].append(features)
-                whole[mode].append(drifted)
-        series = [([w[j] for w in flags["off"]], [w[j] for w in flags["on"]], [p[0][j] for p in populations], feature)
-                  for j, feature in enumerate(split.columns)]
-        series.append((whole["off"], whole["on"], [p[1] for p in populations], "(dataset)"))
-        for theirs_flags, ours_flags, beyond, feature in series:
-            theirs = first_caught(theirs_flags, beyond, onset=3)
-            ours = first_flagged(ours_flags, onset=3)
+        for feature, (_, ours, theirs) in split.first_flags(column, betas, 1_000, onset=3).items():
             if theirs is None:
                 continue
             caught += 1
-            assert ours is not None and ours - theirs <= 1, (feature, theirs, ours, theirs_flags, ours_flags, beyond)
+            assert ours is not None and ours - theirs <= 1, (feature, theirs, ours)
     assert caught >= 3  # the tilted column at least, in every sequence
 
 
